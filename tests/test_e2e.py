@@ -1,0 +1,99 @@
+"""The real default pipeline, run the way a newcomer runs it, in a copy of the repository."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+DECLARED_FILES = [
+    "data/sample/groups.csv",
+    "data/dedup/catalog.csv",
+    "data/dedup/duplicates.csv",
+    "data/dedup/rejects.csv",
+    "data/dedup/ignored.csv",
+    "data/split/split.csv",
+    "models/pretrained/tf_efficientnet_lite0.safetensors",
+    "models/model.safetensors",
+    "models/model.json",
+    "metrics/dedup.json",
+    "metrics/split.json",
+    "metrics/train/metrics.json",
+    "metrics/evaluate.json",
+    "metrics/predictions.csv",
+    "plots/evaluate/confusion_matrix.png",
+    "plots/evaluate/roc.png",
+    "plots/evaluate/plots/sklearn/confusion_matrix.json",
+]
+
+
+def run(args: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def lock_outs(lock_file: Path, stage: str) -> list[dict]:
+    with lock_file.open() as handle:
+        return yaml.safe_load(handle)["stages"][stage]["outs"]
+
+
+@pytest.fixture(scope="module")
+def fresh_clone(repo: Path, tmp_path_factory) -> Path:
+    """A copy of what a clone holds (tracked and new, not ignored files), with a git repo."""
+    work = tmp_path_factory.mktemp("clone")
+    listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], repo)
+    for name in filter(None, listed.split("\0")):
+        if (repo / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / name, work / name)
+    run(["git", "init", "-q"], work)
+    run(["git", "add", "-A"], work)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"], work)
+    run([sys.executable, "-m", "dvc", "repro"], work)
+    return work
+
+
+def test_every_declared_output_exists(fresh_clone: Path) -> None:
+    for name in DECLARED_FILES:
+        assert (fresh_clone / name).is_file(), name
+    classes = {p.name: len(list(p.glob("*.png"))) for p in (fresh_clone / "data/sample").iterdir()
+               if p.is_dir()}
+    assert classes["mri"] >= 300 and classes["breast_histo"] >= 120
+
+
+def test_default_run_scores_and_accounts_for_every_image(fresh_clone: Path) -> None:
+    evaluate = json.loads((fresh_clone / "metrics/evaluate.json").read_text())
+    assert evaluate["test"]["n"] > 50
+    assert evaluate["test"]["accuracy"] >= 0.98
+    assert evaluate["test"]["f1_macro"] >= 0.98 and evaluate["test"]["roc_auc"] >= 0.98
+    dedup = json.loads((fresh_clone / "metrics/dedup.json").read_text())
+    sample_files = len(list((fresh_clone / "data/sample").rglob("*.png")))
+    assert dedup["found"] == sample_files
+    split = json.loads((fresh_clone / "metrics/split.json").read_text())
+    assert split["overlap"]["groups"] == 0
+    assert sum(split[s]["n"] for s in ("train", "val", "test")) == dedup["kept"]
+    config = json.loads((fresh_clone / "models/model.json").read_text())
+    assert config["classes"] == ["mri", "breast_histo"]
+
+
+def test_sample_reproduces_the_committed_lock(fresh_clone: Path, repo: Path) -> None:
+    assert lock_outs(fresh_clone / "dvc.lock", "sample") == lock_outs(repo / "dvc.lock", "sample")
+
+
+def test_second_repro_does_nothing_and_status_is_clean(fresh_clone: Path) -> None:
+    start = time.monotonic()
+    output = run([sys.executable, "-m", "dvc", "repro"], fresh_clone)
+    assert time.monotonic() - start < 10
+    assert "Running stage" not in output
+    assert "up to date" in run([sys.executable, "-m", "dvc", "status"], fresh_clone)
+    untracked = run(["git", "status", "--porcelain", "--untracked-files=all"], fresh_clone)
+    assert [line for line in untracked.splitlines() if line.startswith("??")] == []

@@ -1,0 +1,106 @@
+import subprocess
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from medimg.data import eval_transform
+from medimg.models import (
+    convert_lite0,
+    create_model,
+    load_checkpoint,
+    packaged_lite0_source,
+    probabilities,
+    save_checkpoint,
+    save_weights,
+)
+
+TINY = "test_efficientnet"
+
+
+@pytest.fixture(scope="module")
+def lite0_weights(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "lite0.safetensors"
+    save_weights(path, convert_lite0(packaged_lite0_source()), {})
+    return path
+
+
+def test_converted_lite0_knows_imagenet(lite0_weights) -> None:
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=True,
+                              pretrained_cfg_overlay={"file": str(lite0_weights)}).eval()
+    cfg = model.pretrained_cfg
+    image = Image.open(str(files("skimage") / "data" / "chelsea.png")).convert("RGB")
+    tensor = eval_transform(224, cfg["mean"], cfg["std"])(image=np.asarray(image))["image"]
+    with torch.inference_mode():
+        probs = model(tensor[None]).softmax(dim=1)[0]
+    assert int(probs.argmax()) == 285  # Egyptian cat
+    assert float(probs[285]) > 0.5
+
+
+def test_packaged_model_gets_backbone_weights_and_a_new_head(lite0_weights) -> None:
+    model = create_model("tf_efficientnet_lite0", "packaged", 2, packaged_weights=lite0_weights)
+    reference = convert_lite0(packaged_lite0_source())
+    assert torch.equal(model.conv_stem.weight, reference["conv_stem.weight"])
+    assert model.get_classifier().out_features == 1
+    four = create_model("tf_efficientnet_lite0", str(lite0_weights), 4)
+    assert four.get_classifier().out_features == 4
+    assert torch.equal(four.conv_stem.weight, reference["conv_stem.weight"])
+
+
+def test_pretrained_sources_fail_clearly(tmp_path) -> None:
+    with pytest.raises(ValueError, match="'packaged' weights exist only for"):
+        create_model(TINY, "packaged", 2)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        create_model(TINY, str(tmp_path / "absent.safetensors"), 2)
+    assert create_model(TINY, "none", 3).get_classifier().out_features == 3
+
+
+def test_hub_source_uses_timms_download_path_offline(tmp_path) -> None:
+    # Lay out a Hugging Face cache holding the tiny model's weights, then load with the
+    # hub switched offline: the code path is timm's real hub download, served locally.
+    source = timm.create_model(TINY, pretrained=False)
+    torch.nn.init.constant_(source.conv_stem.weight, 0.125)
+    repo = tmp_path / "hub" / f"models--timm--{source.pretrained_cfg['hf_hub_id'].split('/')[1]}"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_file(source.state_dict(), str(snapshot / "model.safetensors"))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    code = (
+        "from medimg.models import create_model\n"
+        f"m = create_model('{TINY}', 'hub', 2)\n"
+        "print(float(m.conv_stem.weight.mean()), m.get_classifier().out_features)\n"
+    )
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "stages"),
+           "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0.125", "1"]
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = create_model(TINY, "none", 2).eval()
+    save_checkpoint(tmp_path, model, {"model": TINY, "classes": ["a", "b"], "image_size": 32})
+    loaded, config = load_checkpoint(tmp_path)
+    images = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(model(images), loaded(images))
+    assert config["classes"] == ["a", "b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.safetensors"]
+
+
+def test_probabilities_for_both_head_layouts() -> None:
+    binary = probabilities(torch.tensor([[0.0], [2.0]]))
+    assert torch.allclose(binary.sum(dim=1), torch.ones(2))
+    assert binary[1, 1] == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item())
+    multi = probabilities(torch.tensor([[1.0, 2.0, 3.0]]))
+    assert torch.allclose(multi, torch.softmax(torch.tensor([[1.0, 2.0, 3.0]]), dim=1))

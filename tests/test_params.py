@@ -1,0 +1,70 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medimg.params import ParamsError, load_params
+
+
+def write_params(tmp_path: Path, repo: Path, edit) -> Path:
+    with (repo / "params.yaml").open() as handle:
+        raw = yaml.safe_load(handle)
+    edit(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_repository_params_are_valid(repo: Path) -> None:
+    params = load_params(repo / "params.yaml")
+    assert params.classes == ["mri", "breast_histo"]
+    assert params.model.name == "tf_efficientnet_lite0"
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda p: p["train"].update(lr_typo=1), "unknown key 'train.lr_typo'"),
+        (lambda p: p.update(extra_section={}), "unknown key 'extra_section'"),
+        (lambda p: p["train"].update(epochs="ten"), "bad value for 'train.epochs'"),
+        (lambda p: p["train"].update(epochs=2.5), "bad value for 'train.epochs'"),
+        (lambda p: p["train"].update(lr=True), "bad value for 'train.lr'"),
+        (lambda p: p["split"].update(val=1.5), "bad value for 'split.val'"),
+        (lambda p: p["model"].pop("name"), "missing key 'model.name'"),
+        (lambda p: p["train"]["augment"].update(hflip="often"),
+         "bad value for 'train.augment.hflip'"),
+    ],
+)
+def test_bad_params_name_the_key_and_file(tmp_path, repo, edit, expected) -> None:
+    path = write_params(tmp_path, repo, edit)
+    with pytest.raises(ParamsError) as caught:
+        load_params(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_float_written_without_dot_is_accepted(tmp_path, repo) -> None:
+    path = write_params(tmp_path, repo, lambda p: None)
+    path.write_text(path.read_text().replace("lr: 0.0003", "lr: 1e-3"))
+    assert load_params(path).train.lr == pytest.approx(1e-3)
+
+
+def test_invalid_yaml_and_missing_file(tmp_path) -> None:
+    broken = tmp_path / "params.yaml"
+    broken.write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(broken)
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "absent.yaml")
+
+
+def test_stage_stops_with_one_line(tmp_path, repo) -> None:
+    write_params(tmp_path, repo, lambda p: p["split"].update(seeed=1))
+    result = subprocess.run([sys.executable, str(repo / "stages" / "split.py")], cwd=tmp_path,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip() == "params.yaml: unknown key 'split.seeed'"
