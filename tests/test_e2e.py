@@ -85,8 +85,9 @@ def test_default_run_scores_and_accounts_for_every_image(fresh_clone: Path) -> N
     assert config["classes"] == ["mri", "breast_histo"]
 
 
-def test_sample_reproduces_the_committed_lock(fresh_clone: Path, repo: Path) -> None:
-    assert lock_outs(fresh_clone / "dvc.lock", "sample") == lock_outs(repo / "dvc.lock", "sample")
+@pytest.mark.parametrize("stage", ["sample", "pretrained"])
+def test_stage_reproduces_the_committed_lock(fresh_clone: Path, repo: Path, stage: str) -> None:
+    assert lock_outs(fresh_clone / "dvc.lock", stage) == lock_outs(repo / "dvc.lock", stage)
 
 
 def test_second_repro_does_nothing_and_status_is_clean(fresh_clone: Path) -> None:

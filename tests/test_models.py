@@ -27,8 +27,14 @@ TINY = "test_efficientnet"
 @pytest.fixture(scope="module")
 def lite0_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "lite0.safetensors"
-    save_weights(path, convert_lite0(packaged_lite0_source()), {})
+    save_weights(path, convert_lite0(packaged_lite0_source()), "lite0")
     return path
+
+
+def test_conversion_is_byte_for_byte_repeatable(lite0_weights, tmp_path) -> None:
+    again = tmp_path / "again.safetensors"
+    save_weights(again, convert_lite0(packaged_lite0_source()), "lite0")
+    assert again.read_bytes() == lite0_weights.read_bytes()
 
 
 def test_converted_lite0_knows_imagenet(lite0_weights) -> None:

@@ -40,9 +40,11 @@ def convert_lite0(source: Path) -> dict[str, torch.Tensor]:
     return converted
 
 
-def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def save_weights(path: Path, state: dict[str, torch.Tensor], description: str) -> None:
+    # One metadata key only: safetensors writes several in hash-map order, which changes
+    # from run to run and would make identical weights hash differently.
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+        save_file(state, str(tmp), metadata={"description": description})
 
 
 def num_outputs(num_classes: int) -> int:
@@ -91,7 +93,7 @@ def normalisation(model: torch.nn.Module) -> dict[str, list[float]]:
 def save_checkpoint(directory: Path, model: torch.nn.Module, config: dict[str, Any]) -> None:
     """Weights as safetensors and everything needed to rebuild and use them as JSON."""
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    save_weights(directory / WEIGHTS_NAME, state, {"model": config["model"]})
+    save_weights(directory / WEIGHTS_NAME, state, f"timm {config['model']}")
     write_json(directory / CONFIG_NAME, config)
 
 
