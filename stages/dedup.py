@@ -1,16 +1,27 @@
-"""Stage `dedup`: catalog the raw images, reject broken files, drop exact and pixel duplicates.
+"""Stage `dedup`: catalog the raw images, reject broken files, remove exact, pixel and near
+duplicates and label conflicts, and join the split groups of similar images.
 
 Writes data/dedup/{catalog,duplicates,rejects,ignored}.csv and metrics/dedup.json, where
 `found` equals the sum of every other count: each input file is accounted for.
 """
 
+import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from medimg.catalog import assign_groups, deduplicate, describe, walk_dataset
+from medimg.catalog import (
+    DatasetError,
+    Thresholds,
+    assign_groups,
+    deduplicate,
+    describe_all,
+    similarity_groups,
+    walk_dataset,
+)
 from medimg.io import write_csv, write_json
-from medimg.params import load_params
+from medimg.params import DataParams, DedupParams, load_params
 
 OUT_DIR = Path("data/dedup")
 METRICS = Path("metrics/dedup.json")
@@ -24,32 +35,52 @@ def read_groups_file(raw_dir: Path, name: str | None) -> pd.DataFrame | None:
     return pd.read_csv(raw_dir / name, dtype=str)
 
 
+def use_similarity(dedup: DedupParams, data: DataParams, groups_table: pd.DataFrame | None) -> bool:
+    if dedup.similarity == "auto":
+        return data.group_regex is None and groups_table is None
+    return dedup.similarity == "on"
+
+
 def main() -> None:
     params = load_params()
-    raw_dir = Path(params.data.raw_dir)
-    groups_file = params.data.groups_file
-    skip = frozenset([groups_file] if groups_file else [])
-    walk = walk_dataset(raw_dir, params.classes, skip=skip)
-    described = [describe(raw_dir, rel, params.dedup.min_side, params.dedup.max_pixels)
-                 for rel, _ in walk.candidates]
-    classes = dict(walk.candidates)
+    data, dedup = params.data, params.dedup
+    raw_dir = Path(data.raw_dir)
+    skip = frozenset([data.groups_file] if data.groups_file else [])
+    walk = walk_dataset(raw_dir, params.classes, data.class_level, skip=skip)
+    described = describe_all(raw_dir, [c.path for c in walk.candidates], dedup.min_side,
+                             dedup.max_pixels, dedup.workers or os.cpu_count() or 1)
     rejects = pd.DataFrame([d for d in described if "reason" in d], columns=["path", "reason"])
-    images = pd.DataFrame([d for d in described if "reason" not in d])
-    images.insert(1, "class", images["path"].map(classes))
+    usable = [d for d in described if "reason" not in d]
+    if not usable:
+        raise DatasetError(f"{raw_dir}: none of {len(described)} images could be used; "
+                           f"first reason: {rejects['reason'].iat[0]}")
+    thumbs = np.stack([d.pop("thumb") for d in usable])
+    images = pd.DataFrame(usable)
+    where = {c.path: c for c in walk.candidates}
+    images.insert(1, "class", [where[p].label_name for p in images["path"]])
     images.insert(2, "label", images["class"].map(params.classes.index))
-    groups_table = read_groups_file(raw_dir, groups_file)
-    group, source = assign_groups(images["path"], groups_table, params.data.group_regex)
-    images.insert(3, "group", group)
-    images.insert(4, "group_source", source)
-    kept, removed = deduplicate(images)
+    images.insert(3, "origin", [where[p].origin for p in images["path"]])
+    groups_table = read_groups_file(raw_dir, data.groups_file)
+    group, source = assign_groups(images["path"], groups_table, data.group_regex)
+    images.insert(4, "group", group)
+    images.insert(5, "group_source", source)
+    kept, removed = deduplicate(images, thumbs,
+                                Thresholds(dedup.near_hamming, dedup.near_correlation))
+    if use_similarity(dedup, data, groups_table):
+        row = {path: i for i, path in enumerate(images["path"])}
+        kept_thumbs = thumbs[[row[p] for p in kept["path"]]]
+        kept["group"], kept["group_source"] = similarity_groups(
+            kept, kept_thumbs, dedup.similar_hamming, dedup.similar_correlation)
     ignored = pd.DataFrame(walk.ignored, columns=["path", "reason"])
 
+    matches = removed["match"].value_counts()
     counts = {
         "found": len(walk.candidates) + len(ignored),
         "kept": len(kept),
-        "exact_duplicates": int((removed["match"] == "exact").sum()),
-        "pixel_duplicates": int((removed["match"] == "pixel").sum()),
-        "conflicts": int((removed["match"] == "conflict").sum()),
+        "exact_duplicates": int(matches.get("exact", 0)),
+        "pixel_duplicates": int(matches.get("pixel", 0)),
+        "near_duplicates": int(matches.get("near", 0)),
+        "conflicts": int(matches.get("conflict", 0)),
         "rejected": len(rejects),
         "ignored": len(ignored),
     }

@@ -6,11 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from PIL import Image
+from PIL import Image, ImageEnhance, PngImagePlugin
+from scipy.ndimage import gaussian_filter
 
 import dedup
 from conftest import REPO, noise_image, save
-from medimg.catalog import DatasetError, assign_groups, walk_dataset
+from medimg.catalog import DatasetError, Thresholds, assign_groups, deduplicate, walk_dataset
+from medimg.perceptual import detail_correlation, near_pairs, phash
 
 
 def use_dataset(tmp_path: Path, monkeypatch, classes: list[str], **data) -> Path:
@@ -44,7 +46,7 @@ def test_exact_pixel_and_conflict_duplicates(tmp_path, monkeypatch) -> None:
     counts, tables = run_dedup()
 
     assert counts == {"found": 7, "kept": 3, "exact_duplicates": 1, "pixel_duplicates": 1,
-                      "conflicts": 2, "rejected": 0, "ignored": 0}
+                      "near_duplicates": 0, "conflicts": 2, "rejected": 0, "ignored": 0}
     catalog = tables["catalog"].set_index("path")
     assert sorted(catalog.index) == ["a/p1_orig.png", "a/p4_other.png", "b/p5_b.png"]
     removed = tables["duplicates"].set_index("path")
@@ -134,3 +136,139 @@ def test_jpeg_reencoding_is_not_an_exact_or_pixel_duplicate(tmp_path, monkeypatc
     Image.open(raw / "a/orig.png").save(raw / "a/copy.jpg", quality=95)
     counts, _ = run_dedup()
     assert counts["kept"] == 3
+
+
+def textured(seed: int, size: int = 128) -> np.ndarray:
+    """A greyscale picture with structure at every scale, as RGB."""
+    rng = np.random.default_rng(seed)
+    field = sum(gaussian_filter(rng.normal(0, 1, (size, size)), sigma) * sigma
+                for sigma in (2, 4, 8))
+    grey = (field - field.min()) / (field.max() - field.min()) * 200 + 25
+    return np.stack([np.rint(grey).astype(np.uint8)] * 3, axis=2)
+
+
+def test_each_duplicate_level_on_generated_images(tmp_path, monkeypatch) -> None:
+    raw = use_dataset(tmp_path, monkeypatch, ["a", "b"])
+    original = save(raw / "a/00_original.png", textured(1))
+    image = Image.open(original)
+    (raw / "a/01_exact.png").write_bytes(original.read_bytes())
+    tagged = PngImagePlugin.PngInfo()
+    tagged.add_text("Comment", "metadata only")
+    image.save(raw / "a/02_metadata.png", pnginfo=tagged)
+    image.save(raw / "a/03_reencoded.jpg", quality=95)
+    image.resize((115, 115), Image.Resampling.BICUBIC).save(raw / "a/04_resized.png")
+    ImageEnhance.Brightness(image).enhance(1.05).save(raw / "a/05_brighter.png")
+    save(raw / "a/06_distinct.png", textured(2))
+    save(raw / "a/07_distinct.png", textured(3))
+    save(raw / "b/08_conflict.png", textured(4))
+    save(raw / "a/09_conflict_copy.jpg", textured(4), quality=95)
+    save(raw / "b/10_other.png", textured(5))
+
+    counts, tables = run_dedup()
+
+    removed = tables["duplicates"].set_index("path")
+    assert removed.loc["a/01_exact.png", "match"] == "exact"
+    assert removed.loc["a/02_metadata.png", "match"] == "pixel"
+    for name in ("a/03_reencoded.jpg", "a/04_resized.png", "a/05_brighter.png"):
+        assert removed.loc[name, "match"] == "near", name
+        assert removed.loc[name, "representative"] == "a/00_original.png"
+    assert set(removed.index[removed["match"] == "conflict"]) == {
+        "b/08_conflict.png", "a/09_conflict_copy.jpg"}
+    assert sorted(tables["catalog"]["path"]) == [
+        "a/00_original.png", "a/06_distinct.png", "a/07_distinct.png", "b/10_other.png"]
+    assert counts == {"found": 11, "kept": 4, "exact_duplicates": 1, "pixel_duplicates": 1,
+                      "near_duplicates": 3, "conflicts": 2, "rejected": 0, "ignored": 0}
+
+
+def test_near_groups_do_not_chain() -> None:
+    # A ~ B and B ~ C, but A and C differ: B joins A (the representative), C stays.
+    rng = np.random.default_rng(0)
+    base = textured(6, size=64)[..., 0].astype(float)
+    steps = [base, base + rng.normal(0, 3, base.shape)]
+    steps.append(steps[1] + rng.normal(0, 3, base.shape))
+    thumbs = np.stack([np.clip(np.rint(s), 0, 255).astype(np.uint8) for s in steps])
+    ab, bc, ac = (detail_correlation(thumbs[i], thumbs[j]) for i, j in ((0, 1), (1, 2), (0, 2)))
+    threshold = (min(ab, bc) + ac) / 2
+    assert min(ab, bc) > threshold > ac
+    table = pd.DataFrame({
+        "path": ["a/A.png", "a/B.png", "a/C.png"], "class": "a",
+        "group": ["gA", "gB", "gC"], "group_source": "image",
+        "sha256": ["1", "2", "3"], "pixel_sha256": ["1", "2", "3"],
+        "phash": [f"{phash(t):016x}" for t in thumbs], "width": 64, "height": 64})
+    kept, removed = deduplicate(table, thumbs, Thresholds(near_hamming=64,
+                                                          near_correlation=threshold))
+    assert kept["path"].tolist() == ["a/A.png", "a/C.png"]
+    assert removed[["path", "match", "representative"]].values.tolist() == [
+        ["a/B.png", "near", "a/A.png"]]
+    assert kept.set_index("path").loc["a/A.png", "group"] == "gA"  # B's group joined A's
+
+
+def test_similar_images_share_a_split_group_but_are_kept(tmp_path, monkeypatch) -> None:
+    raw = use_dataset(tmp_path, monkeypatch, ["a", "b"])
+    base = textured(7)
+    rng = np.random.default_rng(1)
+    neighbour = np.clip(base.astype(float) + rng.normal(0, 12, base.shape[:2])[..., None],
+                        0, 255).astype(np.uint8)
+    save(raw / "a/slice1.png", base)
+    save(raw / "a/slice2.png", neighbour)
+    save(raw / "a/unrelated.png", textured(8))
+    save(raw / "b/other.png", textured(9))
+    counts, tables = run_dedup()
+    catalog = tables["catalog"].set_index("path")
+    assert counts["kept"] == 4 and counts["near_duplicates"] == 0
+    assert catalog.loc["a/slice1.png", "group"] == catalog.loc["a/slice2.png", "group"]
+    assert catalog.loc["a/slice2.png", "group_source"] == "similarity"
+    assert catalog.loc["a/unrelated.png", "group"] == "a/unrelated.png"
+    assert catalog.loc["a/unrelated.png", "group_source"] == "image"
+
+
+def test_class_level_two_records_the_origin(tmp_path, monkeypatch) -> None:
+    raw = use_dataset(tmp_path, monkeypatch, ["a", "b"], class_level=2)
+    save(raw / "Training/a/x.png", textured(10))
+    save(raw / "Training/b/y.png", textured(11))
+    save(raw / "Testing/a/z.png", textured(12))
+    (raw / "Testing/loose.png").write_bytes(b"")
+    _, tables = run_dedup()
+    catalog = tables["catalog"].set_index("path")
+    assert catalog.loc["Training/a/x.png", "class"] == "a"
+    assert catalog.loc["Testing/a/z.png", "origin"] == "Testing"
+    assert tables["ignored"].values.tolist() == [["Testing/loose.png", "outside any class folder"]]
+
+
+def test_unusual_formats_and_linked_folders(tmp_path, monkeypatch) -> None:
+    raw = use_dataset(tmp_path, monkeypatch, ["a", "b"])
+    save(raw / "a/upper.JPEG", textured(13), quality=90)
+    save(raw / "a/anim.gif", textured(14))
+    save(raw / "a/pic.webp", textured(15), lossless=True)
+    save(raw / "a/page.TIFF", textured(16))
+    Image.fromarray(textured(17)).convert("CMYK").save(raw / "a/cmyk.jpg")
+    save(raw / "b/real/inside.png", textured(18))
+    (raw / "b/real/loop").symlink_to(raw / "b/real", target_is_directory=True)
+    (raw / "b/link").symlink_to(raw / "b/real", target_is_directory=True)
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (12000, 8000)).save(bomb)
+    (raw / "a/bomb.png").symlink_to(bomb)
+    counts, tables = run_dedup()
+    catalog = tables["catalog"].set_index("path")
+    assert {"a/upper.JPEG", "a/anim.gif", "a/pic.webp", "a/page.TIFF", "a/cmyk.jpg",
+            "b/real/inside.png"} <= set(catalog.index)
+    assert catalog.loc["a/cmyk.jpg", "mode"] == "CMYK"
+    reasons = dict(tables["rejects"].values.tolist())
+    assert reasons["a/bomb.png"].startswith("too many pixels")
+    # Each linked folder is walked once; the repeats are listed, not followed forever.
+    assert sorted(tables["ignored"]["path"]) == ["b/link", "b/real/loop"]
+    assert counts["found"] == sum(v for k, v in counts.items() if k != "found")
+
+
+def test_near_pairs_equal_brute_force() -> None:
+    rng = np.random.default_rng(3)
+    hashes = rng.integers(0, 2**64, 400, dtype=np.uint64, endpoint=False)
+    for i in range(0, 200, 2):
+        flips = rng.choice(64, rng.integers(0, 12), replace=False)
+        hashes[i + 1] = hashes[i] ^ np.uint64(sum(1 << int(bit) for bit in flips))
+    distances = np.bitwise_count(hashes[:, None] ^ hashes[None, :])
+    for limit in (0, 1, 4, 8, 11):
+        first, second = near_pairs(hashes, limit)
+        expected = np.argwhere(np.triu(distances <= limit, k=1))
+        assert sorted(zip(first.tolist(), second.tolist(), strict=True)) == \
+            sorted(map(tuple, expected.tolist()))

@@ -5,7 +5,7 @@ line that names the key and the file, instead of a KeyError deep inside training
 """
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
@@ -41,6 +41,7 @@ class Section(BaseModel):
 
 class DataParams(Section):
     raw_dir: str
+    class_level: PositiveInt = 1
     groups_file: str | None = None
     group_regex: str | None = None
 
@@ -58,6 +59,12 @@ class SampleParams(Section):
 class DedupParams(Section):
     min_side: PositiveInt
     max_pixels: PositiveInt
+    workers: NonNegativeInt
+    near_hamming: Annotated[int, Field(strict=True, ge=0, le=64)]
+    near_correlation: Fraction
+    similarity: Literal["auto", "on", "off"]
+    similar_hamming: Annotated[int, Field(strict=True, ge=0, le=64)]
+    similar_correlation: Fraction
 
 
 class SplitParams(Section):
