@@ -1,4 +1,5 @@
-"""Write the README's results section from the metrics files, so no figure is typed by hand.
+"""Write the README's result sections from the metrics and benchmark files, so no figure
+is typed by hand.
 
     python scripts/results_table.py          # rewrite the section in README.md
     python scripts/results_table.py --check  # exit 1 if README.md is out of date
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+DEDUP_BEGIN, DEDUP_END = "<!-- dedup-benchmark:begin -->", "<!-- dedup-benchmark:end -->"
 
 
 def load(root: Path, name: str) -> dict:
@@ -41,10 +43,42 @@ def results_markdown(root: Path) -> str:
     return "\n".join(lines)
 
 
-def with_results(readme: str, table: str) -> str:
-    head, rest = readme.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{table}\n{END}{tail}"
+def dedup_markdown(root: Path) -> str:
+    with (root / "benchmarks" / "results" / "dedup.json").open(encoding="utf-8") as handle:
+        bench = json.load(handle)
+    mri, pngs, index = bench["brain_tumor_mri"], bench["generated_pngs"], bench["near_index"]
+    counts = mri["dedup_metrics"]
+    lines = [
+        "| found | kept | exact | pixel | near | label conflicts | rejected | ignored |",
+        "|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(str(counts[key]) for key in (
+            "found", "kept", "exact_duplicates", "pixel_duplicates", "near_duplicates",
+            "conflicts", "rejected", "ignored")) + " |",
+        "",
+        f"Speed on {bench['machine']['cpus']} cores (`benchmarks/dedup_benchmark.py`, "
+        "whole stage including process start):",
+        "",
+        "| input | files | stage seconds | stage images/s | plain MD5 loop images/s |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in (("Brain Tumor MRI set", mri), ("generated 50x50 PNGs", pngs)):
+        lines.append(f"| {name} | {row['files']} | {row['stage_seconds']} | "
+                     f"{row['stage_images_per_s']} | {row['md5_loop_images_per_s']} |")
+    lines += ["", f"Near-duplicate index: {index['hashes']:,} random 64-bit hashes with "
+              f"{index['planted_pairs']} planted pairs within {index['max_distance']} bits: "
+              f"{index['seconds']} s, {index['planted_missed']} planted pairs missed."]
+    return "\n".join(lines)
+
+
+def with_section(readme: str, begin: str, end: str, body: str) -> str:
+    head, rest = readme.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
+
+
+def with_results(readme: str, root: Path) -> str:
+    readme = with_section(readme, BEGIN, END, results_markdown(root))
+    return with_section(readme, DEDUP_BEGIN, DEDUP_END, dedup_markdown(root))
 
 
 def main() -> int:
@@ -54,7 +88,7 @@ def main() -> int:
     args = parser.parse_args()
     readme_path = args.root / "README.md"
     readme = readme_path.read_text(encoding="utf-8")
-    updated = with_results(readme, results_markdown(args.root))
+    updated = with_results(readme, args.root)
     if args.check:
         if updated != readme:
             print("README.md results are out of date: run python scripts/results_table.py")

@@ -2,7 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scripts.results_table import BEGIN, END, results_markdown, with_results
+from scripts.results_table import BEGIN, END, results_markdown, with_section
 
 
 def test_ci_runs_exactly_the_readmes_test_command(repo: Path) -> None:
@@ -21,4 +21,4 @@ def test_readme_results_match_the_committed_metrics(repo: Path) -> None:
 
 def test_results_section_is_replaced_in_place() -> None:
     readme = f"intro\n{BEGIN}\nold figures\n{END}\noutro\n"
-    assert with_results(readme, "| new |") == f"intro\n{BEGIN}\n| new |\n{END}\noutro\n"
+    assert with_section(readme, BEGIN, END, "| new |") == f"intro\n{BEGIN}\n| new |\n{END}\noutro\n"
