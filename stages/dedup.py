@@ -1,8 +1,9 @@
 """Stage `dedup`: catalog the raw images, reject broken files, remove exact, pixel and near
 duplicates and label conflicts, and join the split groups of similar images.
 
-Writes data/dedup/{catalog,duplicates,rejects,ignored}.csv and metrics/dedup.json, where
-`found` equals the sum of every other count: each input file is accounted for.
+Writes data/dedup/{catalog,duplicates,rejects,ignored}.csv, the catalog's 64x64 greyscale
+thumbnails (thumbs.npy, in catalog order, for the split's leakage check) and
+metrics/dedup.json, where `found` equals the sum of every other count.
 """
 
 import os
@@ -20,7 +21,7 @@ from medimg.catalog import (
     similarity_groups,
     walk_dataset,
 )
-from medimg.io import write_csv, write_json
+from medimg.io import write_csv, write_json, write_npy
 from medimg.params import DataParams, DedupParams, load_params
 
 OUT_DIR = Path("data/dedup")
@@ -64,11 +65,12 @@ def main() -> None:
     group, source = assign_groups(images["path"], groups_table, data.group_regex)
     images.insert(4, "group", group)
     images.insert(5, "group_source", source)
-    kept, removed = deduplicate(images, thumbs,
-                                Thresholds(dedup.near_hamming, dedup.near_correlation))
+    limits = Thresholds(dedup.near_hamming, dedup.near_correlation,
+                        prefer_origin=params.split.respect_existing)
+    kept, removed = deduplicate(images, thumbs, limits)
+    row = {path: i for i, path in enumerate(images["path"])}
+    kept_thumbs = thumbs[[row[p] for p in kept["path"]]]
     if use_similarity(dedup, data, groups_table):
-        row = {path: i for i, path in enumerate(images["path"])}
-        kept_thumbs = thumbs[[row[p] for p in kept["path"]]]
         kept["group"], kept["group_source"] = similarity_groups(
             kept, kept_thumbs, dedup.similar_hamming, dedup.similar_correlation)
     ignored = pd.DataFrame(walk.ignored, columns=["path", "reason"])
@@ -86,6 +88,7 @@ def main() -> None:
     }
     assert counts["found"] == sum(v for k, v in counts.items() if k != "found"), counts
     write_csv(OUT_DIR / "catalog.csv", kept)
+    write_npy(OUT_DIR / "thumbs.npy", kept_thumbs)
     write_csv(OUT_DIR / "duplicates.csv", removed)
     write_csv(OUT_DIR / "rejects.csv", rejects)
     write_csv(OUT_DIR / "ignored.csv", ignored)

@@ -17,24 +17,24 @@ from dvclive import Live
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 from torch.utils.data import DataLoader
 
-from medimg.data import ImageDataset, eval_transform
+from medimg.data import ArrayDataset, eval_transform
 from medimg.io import atomic_path, write_csv, write_json
 from medimg.metrics import classification_metrics
 from medimg.models import load_checkpoint, probabilities
 from medimg.params import load_params
 from medimg.training import predict_logits
 
-SPLIT = Path("data/split/split.csv")
+PREPARED = Path("data/prepared")
 MODEL_DIR = Path("models")
 METRICS = Path("metrics/evaluate.json")
 PREDICTIONS = Path("metrics/predictions.csv")
 PLOTS = Path("plots/evaluate")
 
 
-def predict_split(model: torch.nn.Module, config: dict, part: pd.DataFrame, raw_dir: Path,
+def predict_split(model: torch.nn.Module, config: dict, part: pd.DataFrame, split: str,
                   batch_size: int) -> np.ndarray:
-    transform = eval_transform(config["image_size"], config["mean"], config["std"])
-    dataset = ImageDataset([raw_dir / p for p in part["path"]], part["label"], transform)
+    transform = eval_transform(config["mean"], config["std"])
+    dataset = ArrayDataset(PREPARED / f"{split}.npy", part["label"], transform)
     _, logits = predict_logits(model, DataLoader(dataset, batch_size=batch_size))
     return probabilities(logits).double().numpy()
 
@@ -67,12 +67,10 @@ def plot_test(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> None
 def main() -> None:
     params = load_params()
     model, config = load_checkpoint(MODEL_DIR)
-    table = pd.read_csv(SPLIT, dtype={"group": str})
-    raw_dir = Path(params.data.raw_dir)
     report, rows = {}, []
     for split in ("val", "test"):
-        part = table[table["split"] == split].reset_index(drop=True)
-        probs = predict_split(model, config, part, raw_dir, params.evaluate.batch_size)
+        part = pd.read_csv(PREPARED / f"{split}.csv", dtype={"group": str})
+        probs = predict_split(model, config, part, split, params.evaluate.batch_size)
         labels = part["label"].to_numpy()
         report[split] = classification_metrics(labels, probs)
         predicted = probs.argmax(axis=1)

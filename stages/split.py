@@ -1,19 +1,23 @@
-"""Stage `split`: stratified train/val/test split that keeps every group in one split.
+"""Stage `split`: stratified train/val/test split that keeps every group in one split,
+optionally k-fold or respecting a dataset's own test folder, and proof that nothing
+crosses the splits.
 
-Writes data/split/split.csv (the catalog plus a `split` column) and metrics/split.json
-(per-split totals, per-class counts and shares).
+Writes data/split/split.csv (the catalog plus a `split` column, in catalog order),
+data/split/closest_pairs.csv, data/split/test_copies.csv and metrics/split.json. Fails,
+naming the pairs, if any group, file hash, pixel hash or near duplicate crosses splits.
 """
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from medimg.io import write_csv, write_json
 from medimg.params import load_params
-from medimg.splitting import SPLITS, assign_splits
+from medimg.splitting import EXCLUDED, SPLITS, assign_splits, closest_pairs, leakage
 
-CATALOG = Path("data/dedup/catalog.csv")
-OUT = Path("data/split/split.csv")
+DEDUP = Path("data/dedup")
+OUT_DIR = Path("data/split")
 METRICS = Path("metrics/split.json")
 
 
@@ -29,23 +33,54 @@ def split_table(table: pd.DataFrame, classes: list[str]) -> dict:
             "per_class": {c: int(counts[c]) for c in classes},
             "percent": {c: round(100.0 * counts[c] / max(len(part), 1), 2) for c in classes},
         }
-    crossing = table.groupby("group")["split"].nunique()
-    report["overlap"] = {"groups": int((crossing > 1).sum())}
+    report[EXCLUDED] = int((table["split"] == EXCLUDED).sum())
     return report
+
+
+def test_copies(duplicates: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """Images removed by dedup whose kept copy is in the test split but that came from
+    elsewhere: the training copies of test images."""
+    test_paths = set(table.loc[table["split"] == "test", "path"])
+    test_origin = table.loc[table["split"] == "test", "origin"].iat[0]
+    copies = duplicates[duplicates["representative"].isin(test_paths)
+                        & (duplicates["origin"] != test_origin)]
+    return copies[["representative", "path", "match", "correlation"]].rename(
+        columns={"representative": "test_image", "path": "removed_copy"})
 
 
 def main() -> None:
     params = load_params()
-    table = pd.read_csv(CATALOG, dtype={"group": str})
-    table["split"] = assign_splits(table["label"].to_numpy(), table["group"].to_numpy(),
-                                   params.split.val, params.split.test, params.seed)
+    table = pd.read_csv(DEDUP / "catalog.csv", dtype={"group": str, "origin": str},
+                        keep_default_na=False)
+    thumbs = np.load(DEDUP / "thumbs.npy")
+    split = params.split
+    table["split"] = assign_splits(table, split.val, split.test, params.seed, split.folds,
+                                   split.fold, split.respect_existing)
+    overlap, offenders = leakage(table, thumbs, params.dedup.near_hamming,
+                                 params.dedup.near_correlation)
+    if len(offenders):
+        listing = "; ".join(f"{r.kind}: {r.a} <-> {r.b} ({r.detail})"
+                            for r in offenders.head(20).itertuples())
+        raise SystemExit(f"split: {len(offenders)} leaks across splits: {listing}")
     report = split_table(table, params.classes)
-    if report["overlap"]["groups"]:
-        raise SystemExit(f"split: {report['overlap']['groups']} groups cross splits")
-    write_csv(OUT, table)
+    report["overlap"] = overlap
+    if split.respect_existing is not None:
+        duplicates = pd.read_csv(DEDUP / "duplicates.csv", dtype={"origin": str},
+                                 keep_default_na=False)
+        copies = test_copies(duplicates, table)
+        report["test_copies_removed"] = {
+            "test_images": int(copies["test_image"].nunique()),
+            "copies": len(copies),
+            **{match: int(n) for match, n in copies["match"].value_counts().items()},
+        }
+    else:
+        copies = pd.DataFrame(columns=["test_image", "removed_copy", "match", "correlation"])
+    write_csv(OUT_DIR / "split.csv", table)
+    write_csv(OUT_DIR / "closest_pairs.csv", closest_pairs(table, thumbs, split.closest_pairs))
+    write_csv(OUT_DIR / "test_copies.csv", copies)
     write_json(METRICS, report)
     print("split: " + ", ".join(f"{s} {report[s]['n']} ({report[s]['per_class']})"
-                                for s in SPLITS))
+                                for s in SPLITS) + f", excluded {report[EXCLUDED]}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import torch
 from dvclive import Live
 from torch.utils.data import DataLoader
 
-from medimg.data import ImageDataset, eval_transform, train_transform
+from medimg.data import ArrayDataset, eval_transform, train_transform
 from medimg.hashing import file_sha256
 from medimg.models import create_model, normalisation, save_checkpoint
 from medimg.params import Params, load_params
@@ -26,20 +26,18 @@ from medimg.training import (
     validate,
 )
 
-SPLIT = Path("data/split/split.csv")
+PREPARED = Path("data/prepared")
 MODEL_DIR = Path("models")
 LIVE_DIR = Path("metrics/train")
 
 
-def loaders(params: Params, table: pd.DataFrame, norm: dict,
+def loaders(params: Params, norm: dict,
             generator: torch.Generator) -> tuple[DataLoader, DataLoader]:
-    raw_dir, size, train = Path(params.data.raw_dir), params.model.image_size, params.train
-    parts = {name: table[table["split"] == name] for name in ("train", "val")}
-    train_set = ImageDataset([raw_dir / p for p in parts["train"]["path"]],
-                             parts["train"]["label"],
+    size, train = params.prepare.image_size, params.train
+    labels = {name: pd.read_csv(PREPARED / f"{name}.csv")["label"] for name in ("train", "val")}
+    train_set = ArrayDataset(PREPARED / "train.npy", labels["train"],
                              train_transform(size, **norm, aug=train.augment, seed=params.seed))
-    val_set = ImageDataset([raw_dir / p for p in parts["val"]["path"]], parts["val"]["label"],
-                           eval_transform(size, **norm))
+    val_set = ArrayDataset(PREPARED / "val.npy", labels["val"], eval_transform(**norm))
     return (
         DataLoader(train_set, batch_size=train.batch_size, shuffle=True, generator=generator,
                    num_workers=train.num_workers, drop_last=len(train_set) > train.batch_size),
@@ -50,10 +48,9 @@ def loaders(params: Params, table: pd.DataFrame, norm: dict,
 def main() -> None:
     params = load_params()
     generator = seed_everything(params.seed)
-    table = pd.read_csv(SPLIT, dtype={"group": str})
     model = create_model(params.model.name, params.model.pretrained, len(params.classes))
     norm = normalisation(model)
-    train_loader, val_loader = loaders(params, table, norm, generator)
+    train_loader, val_loader = loaders(params, norm, generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.train.lr,
                                   weight_decay=params.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -79,13 +76,14 @@ def main() -> None:
     save_checkpoint(MODEL_DIR, model, {
         "model": params.model.name,
         "classes": params.classes,
-        "image_size": params.model.image_size,
+        "image_size": params.prepare.image_size,
+        "resize": params.prepare.resize,
         **norm,
         "threshold": 0.5,
         "pretrained": params.model.pretrained,
         "train": params.train.model_dump(),
         "seed": params.seed,
-        "data_sha256": file_sha256(SPLIT),
+        "data_sha256": file_sha256(PREPARED / "train.npy"),
         "best_epoch": best.epoch,
         "best_val_f1": best.f1,
         "timm": timm.__version__,

@@ -191,7 +191,7 @@ def test_near_groups_do_not_chain() -> None:
     threshold = (min(ab, bc) + ac) / 2
     assert min(ab, bc) > threshold > ac
     table = pd.DataFrame({
-        "path": ["a/A.png", "a/B.png", "a/C.png"], "class": "a",
+        "path": ["a/A.png", "a/B.png", "a/C.png"], "class": "a", "origin": "",
         "group": ["gA", "gB", "gC"], "group_source": "image",
         "sha256": ["1", "2", "3"], "pixel_sha256": ["1", "2", "3"],
         "phash": [f"{phash(t):016x}" for t in thumbs], "width": 64, "height": 64})

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -19,7 +20,13 @@ DECLARED_FILES = [
     "data/dedup/duplicates.csv",
     "data/dedup/rejects.csv",
     "data/dedup/ignored.csv",
+    "data/dedup/thumbs.npy",
     "data/split/split.csv",
+    "data/split/closest_pairs.csv",
+    "data/split/test_copies.csv",
+    "data/prepared/train.npy",
+    "data/prepared/val.npy",
+    "data/prepared/test.npy",
     "models/pretrained/tf_efficientnet_lite0.safetensors",
     "models/model.safetensors",
     "models/model.json",
@@ -79,8 +86,11 @@ def test_default_run_scores_and_accounts_for_every_image(fresh_clone: Path) -> N
     sample_files = len(list((fresh_clone / "data/sample").rglob("*.png")))
     assert dedup["found"] == sample_files
     split = json.loads((fresh_clone / "metrics/split.json").read_text())
-    assert split["overlap"]["groups"] == 0
+    assert split["overlap"] == {"group": 0, "sha256": 0, "pixel_sha256": 0, "near_duplicate": 0}
     assert sum(split[s]["n"] for s in ("train", "val", "test")) == dedup["kept"]
+    for name in ("train", "val", "test"):
+        array = np.load(fresh_clone / f"data/prepared/{name}.npy", mmap_mode="r")
+        assert array.shape == (split[name]["n"], 128, 128, 3)
     config = json.loads((fresh_clone / "models/model.json").read_text())
     assert config["classes"] == ["mri", "breast_histo"]
 

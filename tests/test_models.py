@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from medimg.data import eval_transform
+from medimg.data import eval_transform, resize_square
 from medimg.models import (
     convert_lite0,
     create_model,
@@ -42,7 +42,8 @@ def test_converted_lite0_knows_imagenet(lite0_weights) -> None:
                               pretrained_cfg_overlay={"file": str(lite0_weights)}).eval()
     cfg = model.pretrained_cfg
     image = Image.open(str(files("skimage") / "data" / "chelsea.png")).convert("RGB")
-    tensor = eval_transform(224, cfg["mean"], cfg["std"])(image=np.asarray(image))["image"]
+    pixels = resize_square(np.asarray(image), 224, "squash")
+    tensor = eval_transform(cfg["mean"], cfg["std"])(image=pixels)["image"]
     with torch.inference_mode():
         probs = model(tensor[None]).softmax(dim=1)[0]
     assert int(probs.argmax()) == 285  # Egyptian cat

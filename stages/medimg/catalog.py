@@ -180,6 +180,7 @@ def assign_groups(paths: pd.Series, groups_table: pd.DataFrame | None,
 class Thresholds:
     near_hamming: int
     near_correlation: float
+    prefer_origin: str | None = None  # keep copies from this origin (a test folder) first
 
 
 def confirmed_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
@@ -236,12 +237,14 @@ def deduplicate(table: pd.DataFrame, thumbs: np.ndarray,
     """Keep one representative per duplicate group; return (kept, removed).
 
     Levels: exact (same file bytes), pixel (same decoded pixels), near (pHash within
-    `near_hamming` bits, confirmed by thumbnail correlation). The representative is the
-    largest image, then the first path. A group whose members carry different classes is
-    removed whole as a label conflict. Split groups of merged duplicates are joined.
+    `near_hamming` bits, confirmed by thumbnail correlation). The representative is from
+    `prefer_origin` if any member is, then the largest image, then the first path. A group
+    whose members carry different classes is removed whole as a label conflict. Split
+    groups of merged duplicates are joined.
     """
     area = (table["width"] * table["height"]).to_numpy()
-    priority = np.lexsort((table["path"].to_numpy(), -area))
+    elsewhere = (table["origin"] != limits.prefer_origin).to_numpy()
+    priority = np.lexsort((table["path"].to_numpy(), -area, elsewhere))
     ordered = table.iloc[priority].reset_index(drop=True)
     thumbs = thumbs[priority]
     position = pd.Series(np.arange(len(ordered)))
@@ -271,8 +274,8 @@ def deduplicate(table: pd.DataFrame, thumbs: np.ndarray,
     kept = ordered[ordered["match"] == "kept"].drop(
         columns=["match", "representative", "correlation"])
     removed = ordered[ordered["match"] != "kept"]
-    columns = ["path", "class", "match", "representative", "correlation", "phash", "sha256",
-               "pixel_sha256"]
+    columns = ["path", "class", "origin", "match", "representative", "correlation", "phash",
+               "sha256", "pixel_sha256"]
     return (kept.sort_values("path").reset_index(drop=True),
             removed[columns].sort_values("path").reset_index(drop=True))
 

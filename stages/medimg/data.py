@@ -1,4 +1,4 @@
-"""Datasets and albumentations transforms for training and evaluation."""
+"""Resizing, prepared arrays, datasets and albumentations transforms."""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -7,18 +7,38 @@ import albumentations as A
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from medimg.images import load_rgb
 from medimg.params import AugmentParams
 
+RESIZE_POLICIES = ("squash", "pad", "crop")
 
-def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> A.Compose:
-    return A.Compose([
-        A.Resize(size, size, interpolation=1),
-        A.Normalize(mean=mean, std=std),
-        ToTensorV2(),
-    ])
+
+def resize_square(pixels: np.ndarray, size: int, policy: str) -> np.ndarray:
+    """Resize to size x size: squash (stretch), pad (keep aspect, black borders) or crop
+    (centre square). Pillow's bicubic filter is antialiased when shrinking."""
+    image = Image.fromarray(pixels)
+    method = Image.Resampling.BICUBIC
+    if policy == "squash":
+        image = image.resize((size, size), method)
+    elif policy == "pad":
+        image = ImageOps.pad(image, (size, size), method=method, color=(0, 0, 0))
+    elif policy == "crop":
+        image = ImageOps.fit(image, (size, size), method=method)
+    else:
+        raise ValueError(f"unknown resize policy {policy!r}; use one of {RESIZE_POLICIES}")
+    return np.asarray(image, dtype=np.uint8)
+
+
+def prepare_image(path: Path, size: int, policy: str) -> np.ndarray:
+    """Decode with the shared rules and resize: what every model input starts from."""
+    return resize_square(load_rgb(path), size, policy)
+
+
+def eval_transform(mean: Sequence[float], std: Sequence[float]) -> A.Compose:
+    return A.Compose([A.Normalize(mean=mean, std=std), ToTensorV2()])
 
 
 def train_transform(size: int, mean: Sequence[float], std: Sequence[float],
@@ -36,19 +56,37 @@ def train_transform(size: int, mean: Sequence[float], std: Sequence[float],
     ], seed=seed)
 
 
-class ImageDataset(Dataset):
-    """Images listed by path with integer labels, decoded by the shared rules."""
+class ArrayDataset(Dataset):
+    """Prepared images from an N x H x W x 3 uint8 .npy file, read through a memory map."""
 
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int], transform: A.Compose,
-                 max_pixels: int | None = None) -> None:
-        self.paths = list(paths)
+    def __init__(self, array_path: Path, labels: Sequence[int], transform: A.Compose) -> None:
+        self.array_path = Path(array_path)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.transform = transform
-        self.max_pixels = max_pixels
+        self._array: np.ndarray | None = None  # opened lazily, once per worker process
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if self._array is None:
+            self._array = np.load(self.array_path, mmap_mode="r")
+        pixels = np.array(self._array[index])
+        return self.transform(image=pixels)["image"], int(self.labels[index])
+
+
+class FileDataset(Dataset):
+    """Images decoded from their files on every access (what prepared arrays avoid)."""
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int], size: int, policy: str,
+                 transform: A.Compose) -> None:
+        self.paths = list(paths)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.size, self.policy, self.transform = size, policy, transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        pixels = load_rgb(self.paths[index], self.max_pixels)
+        pixels = prepare_image(self.paths[index], self.size, self.policy)
         return self.transform(image=pixels)["image"], int(self.labels[index])

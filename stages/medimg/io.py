@@ -9,7 +9,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 @contextmanager
@@ -20,10 +27,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp_path = Path(tmp)
-    # mkstemp creates 0600; outputs should get the usual permissions.
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp_path.chmod(0o666 & ~umask)
+    tmp_path.chmod(0o666 & ~_umask())  # mkstemp creates 0600
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -42,6 +46,11 @@ def read_json(path: Path | str) -> Any:
         return json.load(handle)
 
 
+def write_npy(path: Path | str, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        np.save(handle, array)
+
+
 def write_csv(path: Path | str, frame: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, lineterminator="\n")
@@ -53,6 +62,7 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp creates 0700
     try:
         yield tmp
         if path.exists():

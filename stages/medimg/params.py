@@ -70,18 +70,31 @@ class DedupParams(Section):
 class SplitParams(Section):
     val: Fraction
     test: Fraction
+    folds: NonNegativeInt
+    fold: NonNegativeInt
+    respect_existing: str | None
+    closest_pairs: NonNegativeInt
 
     @model_validator(mode="after")
-    def _leaves_training_data(self) -> "SplitParams":
+    def _consistent(self) -> "SplitParams":
         if self.val + self.test >= 1.0:
             raise ValueError("val + test must be below 1")
+        if self.folds == 1:
+            raise ValueError("folds must be 0 (off) or at least 2")
+        if self.folds and self.fold >= self.folds:
+            raise ValueError(f"fold must be below folds ({self.folds})")
         return self
+
+
+class PrepareParams(Section):
+    image_size: PositiveInt
+    resize: Literal["squash", "pad", "crop"]
+    workers: NonNegativeInt
 
 
 class ModelParams(Section):
     name: str
     pretrained: str
-    image_size: PositiveInt
 
 
 class AugmentParams(Section):
@@ -116,6 +129,7 @@ class Params(Section):
     sample: SampleParams
     dedup: DedupParams
     split: SplitParams
+    prepare: PrepareParams
     model: ModelParams
     train: TrainParams
     evaluate: EvaluateParams
