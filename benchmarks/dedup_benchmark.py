@@ -4,8 +4,9 @@
 
 Measures, in one run on this machine: the whole dedup stage (process start included) on
 the Brain Tumor MRI set and on 20,000 generated small PNGs, each beside a plain
-single-process MD5 loop over the same files; and the near-duplicate index on 300,000
-random 64-bit hashes with planted near pairs, checking that every planted pair is found.
+single-process MD5 loop over the same files; the near-duplicate index on 300,000 random
+64-bit hashes with planted near pairs, checking that every planted pair is found; and the
+split report of the MRI set with its own Testing folder kept (split.respect_existing).
 """
 
 import argparse
@@ -40,27 +41,31 @@ def md5_loop(files: list[Path]) -> float:
     return len(files) / (time.perf_counter() - start)
 
 
-def run_stage(raw_dir: Path, classes: list[str], class_level: int) -> tuple[float, dict]:
-    """Wall time of `python stages/dedup.py` on raw_dir, and its metrics."""
+def run_stages(raw_dir: Path, classes: list[str], class_level: int, stages: list[str],
+               respect_existing: str | None = None) -> tuple[float, dict]:
+    """Wall time of running the stage scripts on raw_dir in a scratch folder, and the
+    metrics of the last one."""
     with (REPO / "params.yaml").open() as handle:
         params = yaml.safe_load(handle)
     params["classes"] = classes
     params["data"] = {"raw_dir": str(raw_dir), "class_level": class_level,
                       "groups_file": None, "group_regex": None}
+    params["split"]["respect_existing"] = respect_existing
     with tempfile.TemporaryDirectory() as work:
         (Path(work) / "params.yaml").write_text(yaml.safe_dump(params))
         start = time.perf_counter()
-        subprocess.run([sys.executable, str(REPO / "stages" / "dedup.py")], cwd=work,
-                       check=True, stdout=subprocess.DEVNULL)
+        for stage in stages:
+            subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py")], cwd=work,
+                           check=True, stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - start
-        metrics = json.loads((Path(work) / "metrics" / "dedup.json").read_text())
+        metrics = json.loads((Path(work) / "metrics" / f"{stages[-1]}.json").read_text())
     return seconds, metrics
 
 
 def stage_figures(raw_dir: Path, classes: list[str], class_level: int) -> dict:
     files = sorted(p for p in raw_dir.rglob("*") if p.is_file())
     md5_rate = md5_loop(files)
-    seconds, metrics = run_stage(raw_dir, classes, class_level)
+    seconds, metrics = run_stages(raw_dir, classes, class_level, ["dedup"])
     return {
         "files": len(files),
         "stage_seconds": round(seconds, 2),
@@ -120,6 +125,8 @@ def main() -> None:
         generate_pngs(Path(folder), args.pngs)
         results["generated_pngs"] = stage_figures(Path(folder), ["a", "b"], class_level=1)
     results["near_index"] = index_figures(args.hashes, planted=1000, max_distance=near_hamming)
+    _, split = run_stages(args.mri, MRI_CLASSES, 2, ["dedup", "split"], "Testing")
+    results["brain_tumor_mri_respect_existing"] = split
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -12,10 +12,11 @@ from pathlib import Path
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 DEDUP_BEGIN, DEDUP_END = "<!-- dedup-benchmark:begin -->", "<!-- dedup-benchmark:end -->"
+LOADER_BEGIN, LOADER_END = "<!-- loader-benchmark:begin -->", "<!-- loader-benchmark:end -->"
 
 
-def load(root: Path, name: str) -> dict:
-    with (root / "metrics" / name).open(encoding="utf-8") as handle:
+def load(root: Path, name: str, folder: str = "metrics") -> dict:
+    with (root / folder / name).open(encoding="utf-8") as handle:
         return json.load(handle)
 
 
@@ -44,8 +45,7 @@ def results_markdown(root: Path) -> str:
 
 
 def dedup_markdown(root: Path) -> str:
-    with (root / "benchmarks" / "results" / "dedup.json").open(encoding="utf-8") as handle:
-        bench = json.load(handle)
+    bench = load(root, "dedup.json", "benchmarks/results")
     mri, pngs, index = bench["brain_tumor_mri"], bench["generated_pngs"], bench["near_index"]
     counts = mri["dedup_metrics"]
     lines = [
@@ -67,7 +67,32 @@ def dedup_markdown(root: Path) -> str:
     lines += ["", f"Near-duplicate index: {index['hashes']:,} random 64-bit hashes with "
               f"{index['planted_pairs']} planted pairs within {index['max_distance']} bits: "
               f"{index['seconds']} s, {index['planted_missed']} planted pairs missed."]
+    split = bench["brain_tumor_mri_respect_existing"]
+    copies = split["test_copies_removed"]
+    lines += ["", "With its own `Testing` folder kept (`split.respect_existing: Testing`): "
+              f"{copies['test_images']} of the {split['test']['n']} de-duplicated test images "
+              f"had copies on the training side: {copies['copies']} copies removed "
+              f"({copies.get('exact', 0)} byte-identical, {copies.get('pixel', 0)} "
+              f"pixel-identical, {copies.get('near', 0)} near), and {split['excluded']} more "
+              "training images excluded for sharing a similarity group with a test image. "
+              f"Train {split['train']['n']}, val {split['val']['n']}, test "
+              f"{split['test']['n']}; overlap across splits: "
+              + ", ".join(f"{k} {v}" for k, v in split["overlap"].items()) + "."]
     return "\n".join(lines)
+
+
+def loader_markdown(root: Path) -> str:
+    bench = load(root, "loader.json", "benchmarks/results")
+    return "\n".join([
+        "| source | images/s | workers | images | prepare once (s) |",
+        "|---|---|---|---|---|",
+        f"| prepared uint8 array | {bench['arrays_images_per_s']} | {bench['workers']} | "
+        f"{bench['images']} | {bench['prepare_seconds']} |",
+        f"| decoding the JPEG files | {bench['files_images_per_s']} | {bench['workers']} | "
+        f"{bench['images']} | |",
+        "",
+        f"Speed-up from the arrays: {bench['speedup']}x on {bench['machine']['cpus']} cores.",
+    ])
 
 
 def with_section(readme: str, begin: str, end: str, body: str) -> str:
@@ -78,7 +103,8 @@ def with_section(readme: str, begin: str, end: str, body: str) -> str:
 
 def with_results(readme: str, root: Path) -> str:
     readme = with_section(readme, BEGIN, END, results_markdown(root))
-    return with_section(readme, DEDUP_BEGIN, DEDUP_END, dedup_markdown(root))
+    readme = with_section(readme, DEDUP_BEGIN, DEDUP_END, dedup_markdown(root))
+    return with_section(readme, LOADER_BEGIN, LOADER_END, loader_markdown(root))
 
 
 def main() -> int:
