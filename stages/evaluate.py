@@ -18,6 +18,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 from torch.utils.data import DataLoader
 
 from medimg.data import ArrayDataset, eval_transform
+from medimg.devices import resolve_device
 from medimg.io import atomic_path, write_csv, write_json
 from medimg.metrics import classification_metrics
 from medimg.models import load_checkpoint, probabilities
@@ -35,7 +36,9 @@ def predict_split(model: torch.nn.Module, config: dict, part: pd.DataFrame, spli
                   batch_size: int) -> np.ndarray:
     transform = eval_transform(config["mean"], config["std"])
     dataset = ArrayDataset(PREPARED / f"{split}.npy", part["label"], transform)
-    _, logits = predict_logits(model, DataLoader(dataset, batch_size=batch_size))
+    device = resolve_device("auto")
+    _, logits = predict_logits(model.to(device), DataLoader(dataset, batch_size=batch_size),
+                               device)
     return probabilities(logits).double().numpy()
 
 

@@ -1,77 +1,102 @@
-"""Stage `train`: two-stage transfer learning of a timm model on the train split.
+"""Stage `train`: two-stage transfer learning of a timm model on the prepared train split.
 
 Stage one trains only the classifier head on a frozen backbone, stage two the whole
-network; AdamW with a cosine schedule, early stopping, and the best epoch by val F1 is
-saved as models/model.safetensors + models/model.json. dvclive logs every epoch.
+network; AdamW with warm-up and cosine schedule, early stopping on `train.monitor`, and the
+best epoch is saved as models/model.safetensors + models/model.json. dvclive logs every
+epoch to metrics/train. SIGINT/SIGTERM stop cleanly after saving nothing partial;
+`train.resume: true` continues from models/last. Runs under torchrun for several GPUs.
 """
 
+import signal
+import sys
 from pathlib import Path
 
 import pandas as pd
 import timm
 import torch
 from dvclive import Live
-from torch.utils.data import DataLoader
 
 from medimg.data import ArrayDataset, eval_transform, train_transform
+from medimg.devices import close_distributed, init_distributed, resolve_device
 from medimg.hashing import file_sha256
 from medimg.models import create_model, normalisation, save_checkpoint
 from medimg.params import Params, load_params
-from medimg.training import (
-    Best,
-    epochs_with_patience,
-    loss_function,
-    seed_everything,
-    train_epoch,
-    validate,
-)
+from medimg.training import EpochLog, Interrupted, Loop, seed_everything
 
 PREPARED = Path("data/prepared")
 MODEL_DIR = Path("models")
+STATE_DIR = Path("models/last")
 LIVE_DIR = Path("metrics/train")
 
 
-def loaders(params: Params, norm: dict,
-            generator: torch.Generator) -> tuple[DataLoader, DataLoader]:
-    size, train = params.prepare.image_size, params.train
+class StopFlag:
+    """Set by SIGINT or SIGTERM; the loop checks it between batches."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.raised = True
+
+    def __call__(self) -> bool:
+        return self.raised
+
+
+def datasets(params: Params, norm: dict) -> tuple[ArrayDataset, ArrayDataset]:
     labels = {name: pd.read_csv(PREPARED / f"{name}.csv")["label"] for name in ("train", "val")}
-    train_set = ArrayDataset(PREPARED / "train.npy", labels["train"],
-                             train_transform(size, **norm, aug=train.augment, seed=params.seed))
-    val_set = ArrayDataset(PREPARED / "val.npy", labels["val"], eval_transform(**norm))
-    return (
-        DataLoader(train_set, batch_size=train.batch_size, shuffle=True, generator=generator,
-                   num_workers=train.num_workers, drop_last=len(train_set) > train.batch_size),
-        DataLoader(val_set, batch_size=train.batch_size, num_workers=train.num_workers),
-    )
+    augment = train_transform(params.prepare.image_size, **norm, aug=params.train.augment,
+                              seed=params.seed)
+    return (ArrayDataset(PREPARED / "train.npy", labels["train"], augment),
+            ArrayDataset(PREPARED / "val.npy", labels["val"], eval_transform(**norm)))
+
+
+def log_epoch(live: Live, log: EpochLog) -> None:
+    live.log_metric("train/loss", log.train_loss)
+    for key in ("loss", "accuracy", "f1_macro", "roc_auc"):
+        if log.val[key] is not None:
+            live.log_metric(f"val/{key}", log.val[key])
+    live.log_metric("lr", log.lr)
+    live.log_metric("epoch_seconds", round(log.seconds, 2))
+    live.log_metric("images_per_second", round(log.images_per_second, 1))
+    for key, value in log.gpu.items():
+        live.log_metric(key, round(value, 3))
+    print(f"epoch {log.epoch} {'frozen' if log.frozen else 'full'}: train loss "
+          f"{log.train_loss:.4f}, val loss {log.val['loss']:.4f}, val f1 "
+          f"{log.val['f1_macro']:.4f}, {log.images_per_second:.0f} img/s")
+    live.next_step()
 
 
 def main() -> None:
     params = load_params()
-    generator = seed_everything(params.seed)
+    train = params.train
+    device = resolve_device(train.device)
+    rank, world = init_distributed(device)
+    seed_everything(params.seed, train.deterministic)
     model = create_model(params.model.name, params.model.pretrained, len(params.classes))
     norm = normalisation(model)
-    train_loader, val_loader = loaders(params, norm, generator)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.train.lr,
-                                  weight_decay=params.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=params.train.epochs * len(train_loader))
-    criterion = loss_function(len(params.classes))
-    best = Best()
-    with Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
-        for epoch in epochs_with_patience(params.train.epochs, params.train.patience, best):
-            frozen = epoch < params.train.freeze_epochs
-            live.log_metric("lr", optimizer.param_groups[0]["lr"])
-            train_loss = train_epoch(model, train_loader, criterion, optimizer, scheduler, frozen)
-            val = validate(model, val_loader, criterion)
-            best.update(epoch, val["f1_macro"], val["loss"], model)
-            live.log_metric("train/loss", train_loss)
-            for key in ("loss", "accuracy", "f1_macro", "roc_auc"):
-                if val[key] is not None:
-                    live.log_metric(f"val/{key}", val[key])
-            print(f"epoch {epoch} {'frozen' if frozen else 'full'}: train loss {train_loss:.4f}, "
-                  f"val loss {val['loss']:.4f}, val f1 {val['f1_macro']:.4f}")
-            live.next_step()
-        live.summary["best"] = {"epoch": best.epoch, "val_f1": best.f1, "val_loss": best.loss}
+    train_set, val_set = datasets(params, norm)
+    loop = Loop(model, train_set, val_set, train, params.seed, len(params.classes), device,
+                STATE_DIR, rank, world, stop_requested=StopFlag())
+    resumed = train.resume and loop.load_state()
+    if resumed:
+        print(f"train: resuming after epoch {loop.start_epoch - 1}")
+    live = Live(str(LIVE_DIR), resume=resumed, dvcyaml=False, save_dvc_exp=False) \
+        if rank == 0 else None
+    try:
+        best = loop.fit(on_epoch=lambda log: log_epoch(live, log) if live else None)
+    except Interrupted as stop:
+        print(f"train: {stop}; epochs up to {loop.start_epoch - 1} or later are saved in "
+              f"{STATE_DIR}; rerun with train.resume: true to continue", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        close_distributed()
+    if live is None:
+        return
+    live.summary["best"] = {"epoch": best.epoch, train.monitor: best.value,
+                            "val_loss": best.loss}
+    live.end()
     model.load_state_dict(best.state)
     save_checkpoint(MODEL_DIR, model, {
         "model": params.model.name,
@@ -81,15 +106,16 @@ def main() -> None:
         **norm,
         "threshold": 0.5,
         "pretrained": params.model.pretrained,
-        "train": params.train.model_dump(),
+        "train": train.model_dump(),
         "seed": params.seed,
         "data_sha256": file_sha256(PREPARED / "train.npy"),
         "best_epoch": best.epoch,
-        "best_val_f1": best.f1,
+        "monitor": train.monitor,
+        "best_value": best.value,
         "timm": timm.__version__,
         "torch": torch.__version__,
     })
-    print(f"train: best epoch {best.epoch}, val f1 {best.f1:.4f}; wrote {MODEL_DIR}")
+    print(f"train: best epoch {best.epoch}, {train.monitor} {best.value:.4f}; wrote {MODEL_DIR}")
 
 
 if __name__ == "__main__":

@@ -1,23 +1,59 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+import yaml
+from torch.utils.data import Dataset
 
+from conftest import REPO
 from medimg.models import create_model
-from medimg.training import Best, epochs_with_patience, loss_function, train_epoch, validate
+from medimg.params import TrainParams, load_params
+from medimg.training import (
+    Best,
+    Interrupted,
+    Loop,
+    loss_function,
+    seed_everything,
+    warmup_cosine,
+)
 
 TINY = "test_efficientnet"
 
 
-def tiny_setup(num_classes: int = 2):
-    torch.manual_seed(0)
+class TinySet(Dataset):
+    def __init__(self, count: int, num_classes: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.labels = np.arange(count) % num_classes
+        shift = torch.from_numpy(self.labels).float()[:, None, None, None]
+        self.images = torch.from_numpy(rng.normal(0, 1, (count, 3, 32, 32))).float() + shift
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
+def settings(**changes) -> TrainParams:
+    base = load_params(REPO / "params.yaml").train
+    defaults = {"batch_size": 8, "epochs": 3, "freeze_epochs": 1, "lr": 1e-2, "patience": 5,
+                "device": "cpu", "num_workers": 0}
+    return base.model_copy(update={**defaults, **changes})
+
+
+def make_loop(num_classes: int = 2, state_dir: Path | None = None, stop=lambda: False,
+              **changes) -> Loop:
+    seed_everything(0)
     model = create_model(TINY, "none", num_classes)
-    images = torch.randn(16, 3, 32, 32)
-    labels = torch.arange(16) % num_classes
-    loader = DataLoader(TensorDataset(images, labels), batch_size=8)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
-    return model, loader, optimizer, scheduler, loss_function(num_classes)
+    return Loop(model, TinySet(32, num_classes, 1), TinySet(16, num_classes, 2),
+                settings(**changes), seed=0, num_classes=num_classes, state_dir=state_dir,
+                stop_requested=stop)
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -25,51 +61,132 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_frozen_stage_changes_only_the_head() -> None:
-    model, loader, optimizer, scheduler, criterion = tiny_setup()
-    before = snapshot(model)
-    train_epoch(model, loader, criterion, optimizer, scheduler, frozen=True)
-    after = model.state_dict()
-    head = {f"classifier.{name}" for name, _ in model.get_classifier().named_parameters()}
+    loop = make_loop()
+    before = snapshot(loop.model)
+    loop.train_epoch(0, frozen=True)
+    after = loop.model.state_dict()
+    head = {f"classifier.{name}" for name, _ in loop.model.get_classifier().named_parameters()}
     changed = {key for key in before if not torch.equal(before[key], after[key])}
     assert changed == head
     assert any("running_mean" in key for key in before)  # BN statistics exist and stayed
 
 
 def test_full_stage_changes_the_backbone() -> None:
-    model, loader, optimizer, scheduler, criterion = tiny_setup()
-    before = snapshot(model)
-    train_epoch(model, loader, criterion, optimizer, scheduler, frozen=False)
-    assert not torch.equal(before["conv_stem.weight"], model.state_dict()["conv_stem.weight"])
-    assert not torch.equal(before["bn1.running_mean"], model.state_dict()["bn1.running_mean"])
+    loop = make_loop()
+    before = snapshot(loop.model)
+    loop.train_epoch(0, frozen=False)
+    assert not torch.equal(before["conv_stem.weight"], loop.model.state_dict()["conv_stem.weight"])
+    assert not torch.equal(before["bn1.running_mean"], loop.model.state_dict()["bn1.running_mean"])
 
 
 def test_four_classes_train_with_cross_entropy() -> None:
-    model, loader, optimizer, scheduler, criterion = tiny_setup(num_classes=4)
-    assert isinstance(criterion, torch.nn.CrossEntropyLoss)
-    loss = train_epoch(model, loader, criterion, optimizer, scheduler, frozen=False)
-    metrics = validate(model, loader, criterion)
-    assert np.isfinite(loss) and metrics["n"] == 16 and metrics["roc_auc"] is not None
+    loop = make_loop(num_classes=4, epochs=1, freeze_epochs=0)
+    assert isinstance(loop.criterion, torch.nn.CrossEntropyLoss)
+    logs = []
+    loop.fit(on_epoch=logs.append)
+    assert len(logs) == 1 and np.isfinite(logs[0].train_loss)
+    assert logs[0].val["n"] == 16 and logs[0].val["roc_auc"] is not None
+
+
+def test_best_checkpoint_is_the_best_epoch() -> None:
+    loop = make_loop(epochs=4)
+    logs, states = [], []
+
+    def record(log) -> None:
+        logs.append(log)
+        states.append(snapshot(loop.model))
+
+    best = loop.fit(on_epoch=record)
+    ranked = sorted(logs, key=lambda log: (-log.val["f1_macro"], log.val["loss"]))
+    assert best.epoch == ranked[0].epoch
+    for key, value in states[best.epoch].items():
+        assert torch.equal(best.state[key], value)
 
 
 def test_early_stopping_after_patience_epochs_without_improvement() -> None:
     model = torch.nn.Linear(1, 1)
-    best = Best()
+    best = Best(mode="max")
     f1_by_epoch = [0.5, 0.7, 0.6, 0.7, 0.65, 0.9, 0.95]
     seen = []
-    for epoch in epochs_with_patience(len(f1_by_epoch), patience=3, best=best):
+    for epoch, f1 in enumerate(f1_by_epoch):
+        if best.stale(epoch, patience=3):
+            break
         seen.append(epoch)
-        best.update(epoch, f1_by_epoch[epoch], loss=1.0, model=model)
+        best.update(epoch, f1, loss=1.0, model=model)
     assert seen == [0, 1, 2, 3, 4]  # best at 1; 2, 3, 4 bring nothing; stop before 5
-    assert best.epoch == 1 and best.f1 == pytest.approx(0.7)
+    assert best.epoch == 1 and best.value == pytest.approx(0.7)
+    loss_best = Best(mode="min")
+    loss_best.update(0, 0.5, 0.5, model)
+    assert loss_best.update(1, 0.4, 0.4, model) and not loss_best.update(2, 0.6, 0.1, model)
 
 
-def test_best_keeps_the_weights_of_the_best_epoch() -> None:
-    model = torch.nn.Linear(1, 1)
-    best = Best()
-    torch.nn.init.constant_(model.weight, 1.0)
-    best.update(0, 0.8, 0.5, model)
-    torch.nn.init.constant_(model.weight, 2.0)
-    assert not best.update(1, 0.7, 0.1, model)  # worse F1, lower loss: not better
-    torch.nn.init.constant_(model.weight, 3.0)
-    assert best.update(2, 0.8, 0.4, model)  # same F1, lower loss: better
-    assert best.epoch == 2 and float(best.state["weight"]) == 3.0
+def test_same_seed_runs_give_identical_weights() -> None:
+    first = make_loop(epochs=2)
+    first.fit()
+    second = make_loop(epochs=2)
+    second.fit()
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[key]), key
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path) -> None:
+    whole = make_loop(epochs=3)
+    whole.fit()
+    calls = {"n": 0}
+
+    def stop_in_epoch_two() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 4 + 2  # 4 batches an epoch: stop after two batches of epoch 1
+
+    interrupted = make_loop(epochs=3, state_dir=tmp_path, stop=stop_in_epoch_two)
+    with pytest.raises(Interrupted):
+        interrupted.fit()
+    resumed = make_loop(epochs=3, state_dir=tmp_path)
+    assert resumed.load_state() and resumed.start_epoch == 1
+    resumed.fit()
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert resumed.best.epoch == whole.best.epoch
+
+
+def test_class_weights_and_schedule() -> None:
+    binary = loss_function(2, np.array([0, 0, 0, 1]))
+    assert float(binary.pos_weight) == pytest.approx(3.0)
+    multi = loss_function(3, np.array([0, 0, 1, 2, 2, 2]))
+    assert multi.weight.tolist() == pytest.approx([1.0, 2.0, 2 / 3])
+    factor = warmup_cosine(total_steps=10, warmup_steps=2)
+    assert [round(factor(s), 3) for s in (0, 1, 2, 7, 10)] == [0.5, 1.0, 1.0, 0.309, 0.0]
+
+
+def write_tiny_project(folder: Path) -> None:
+    with (REPO / "params.yaml").open() as handle:
+        params = yaml.safe_load(handle)
+    params["model"] = {"name": TINY, "pretrained": "none"}
+    params["prepare"]["image_size"] = 32
+    params["train"].update(epochs=2, freeze_epochs=1, batch_size=4, device="cpu")
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    prepared = folder / "data/prepared"
+    prepared.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, count in (("train", 16), ("val", 8)):
+        labels = np.arange(count) % 2
+        pixels = rng.integers(0, 100, (count, 32, 32, 3)) + labels[:, None, None, None] * 120
+        np.save(prepared / f"{name}.npy", pixels.astype(np.uint8))
+        pd.DataFrame({"path": [f"{name}{i}.png" for i in range(count)],
+                      "label": labels}).to_csv(prepared / f"{name}.csv", index=False)
+
+
+def test_two_process_gloo_run_trains_and_writes_once(tmp_path) -> None:
+    write_tiny_project(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         str(REPO / "stages" / "train.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("train: best epoch") == 1
+    assert result.stdout.count("epoch 1 full") == 1
+    config = json.loads((tmp_path / "models/model.json").read_text())
+    assert config["model"] == TINY and config["best_epoch"] in (0, 1)
+    steps = pd.read_csv(tmp_path / "metrics/train/plots/metrics/train/loss.tsv", sep="\t")
+    assert steps["step"].tolist() == [0, 1]

@@ -33,6 +33,7 @@ Fraction = Annotated[Number, Field(ge=0.0, le=1.0)]
 Int = Annotated[int, Field(strict=True)]
 PositiveInt = Annotated[int, Field(strict=True, gt=0)]
 NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
+Bool = Annotated[bool, Field(strict=True)]
 
 
 class Section(BaseModel):
@@ -105,6 +106,11 @@ class AugmentParams(Section):
     crop_scale_min: Annotated[Number, Field(gt=0.0, le=1.0)]
     brightness_contrast: Annotated[Number, Field(ge=0.0, le=1.0)]
     brightness_contrast_p: Fraction
+    noise_std: Fraction
+    noise_p: Fraction
+    blur_limit: Annotated[int, Field(strict=True, ge=3)]
+    motion_blur_p: Fraction
+    gaussian_blur_p: Fraction
 
 
 class TrainParams(Section):
@@ -112,9 +118,20 @@ class TrainParams(Section):
     epochs: PositiveInt
     freeze_epochs: NonNegativeInt
     lr: Annotated[Number, Field(gt=0.0)]
+    backbone_lr_scale: Annotated[Number, Field(gt=0.0)]
     weight_decay: Annotated[Number, Field(ge=0.0)]
+    warmup_epochs: NonNegativeInt
     patience: PositiveInt
+    monitor: Literal["val_f1", "val_loss", "val_accuracy", "val_roc_auc"]
+    monitor_mode: Literal["max", "min"]
+    class_weights: Bool
     num_workers: NonNegativeInt
+    deterministic: Bool
+    device: Literal["auto", "cpu", "cuda", "mps"]
+    bf16: Bool
+    channels_last: Bool
+    compile: Bool
+    resume: Bool
     augment: AugmentParams
 
 

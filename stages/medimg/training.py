@@ -1,25 +1,65 @@
-"""The training loop: two-stage transfer learning, validation, early stopping."""
+"""The training loop: two-stage transfer learning, warm-up and cosine schedule, early
+stopping on a monitored metric, resumable state, and DistributedDataParallel."""
 
 import copy
+import math
 import random
-from collections.abc import Iterator
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
 
+from medimg.devices import GpuMonitor, autocast, rank_zero_decides
+from medimg.io import atomic_path
 from medimg.metrics import classification_metrics
 from medimg.models import probabilities
+from medimg.params import TrainParams
+
+STATE_FILE = "state.pt"
+CPU = torch.device("cpu")
 
 
-def seed_everything(seed: int) -> torch.Generator:
+class Interrupted(Exception):
+    """Training stopped by a signal; the last completed epoch is saved."""
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    return torch.Generator().manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def reseed_epoch(seed: int, epoch: int, dataset: Dataset, generator: torch.Generator) -> None:
+    """Every random draw of an epoch follows from (seed, epoch) alone, so a run resumed at
+    any epoch continues exactly as an uninterrupted one."""
+    epoch_seed = seed * 1000 + epoch
+    torch.manual_seed(epoch_seed)
+    generator.manual_seed(epoch_seed)
+    random.seed(epoch_seed)
+    np.random.seed(epoch_seed)
+    transform = getattr(dataset, "transform", None)
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(epoch_seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Loader workers: seed Python, NumPy and the augmentations from torch's worker seed."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info else None
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
 
 
 def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
@@ -39,70 +79,237 @@ def train_mode(model: nn.Module, frozen: bool) -> None:
         model.train()
 
 
-def loss_function(num_classes: int) -> nn.Module:
-    return nn.BCEWithLogitsLoss() if num_classes == 2 else nn.CrossEntropyLoss()
+def loss_function(num_classes: int, labels: np.ndarray | None = None) -> nn.Module:
+    """BCE on one logit for two classes, cross-entropy for more; with `labels`, weighted
+    by inverse class frequency."""
+    if labels is None:
+        return nn.BCEWithLogitsLoss() if num_classes == 2 else nn.CrossEntropyLoss()
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    if num_classes == 2:
+        return nn.BCEWithLogitsLoss(pos_weight=torch.tensor(counts[0] / max(counts[1], 1.0)))
+    weights = counts.sum() / (num_classes * np.maximum(counts, 1.0))
+    return nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
 
 
 def compute_loss(criterion: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if isinstance(criterion, nn.BCEWithLogitsLoss):
-        return criterion(logits[:, 0], labels.float())
-    return criterion(logits, labels)
+        return criterion(logits[:, 0].float(), labels.float())
+    return criterion(logits.float(), labels)
+
+
+def param_groups(model: nn.Module, lr: float, backbone_lr_scale: float) -> list[dict]:
+    head = set(map(id, model.get_classifier().parameters()))
+    return [
+        {"params": [p for p in model.parameters() if id(p) not in head],
+         "lr": lr * backbone_lr_scale, "name": "backbone"},
+        {"params": [p for p in model.parameters() if id(p) in head], "lr": lr, "name": "head"},
+    ]
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor: linear warm-up, then cosine annealing to zero."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return factor
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_logits(model: nn.Module, loader: DataLoader,
+                   device: torch.device = CPU,
+                   bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels and raw logits for every item of the loader, in loader order."""
     model.eval()
     labels, logits = [], []
     for images, batch_labels in loader:
-        logits.append(model(images))
+        with autocast(device, bf16):
+            logits.append(model(images.to(device, non_blocking=True)).float().cpu())
         labels.append(batch_labels)
     return torch.cat(labels), torch.cat(logits)
 
 
-def train_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module,
-                optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                frozen: bool) -> float:
-    set_backbone_frozen(model, frozen)
-    train_mode(model, frozen)
-    total, count = 0.0, 0
-    for images, labels in loader:
-        optimizer.zero_grad(set_to_none=True)
-        loss = compute_loss(criterion, model(images), labels)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total += loss.item() * len(labels)
-        count += len(labels)
-    return total / max(count, 1)
+def validate(model: nn.Module, loader: DataLoader, criterion: nn.Module,
+             device: torch.device = CPU, bf16: bool = False) -> dict:
+    labels, logits = predict_logits(model, loader, device, bf16)
+    metrics = classification_metrics(labels.numpy(), probabilities(logits).numpy())
+    metrics["loss"] = float(compute_loss(criterion, logits.to(device), labels.to(device)))
+    return metrics
 
 
 @dataclass
 class Best:
-    """Best epoch so far by val F1; ties go to the lower validation loss."""
+    """Best epoch so far by the monitored metric; ties go to the lower validation loss."""
+    mode: str = "max"
     epoch: int = -1
-    f1: float = -1.0
+    value: float = float("nan")
     loss: float = float("inf")
     state: dict = field(default_factory=dict)
 
-    def update(self, epoch: int, f1: float, loss: float, model: nn.Module) -> bool:
-        if f1 > self.f1 or (f1 == self.f1 and loss < self.loss):
-            self.epoch, self.f1, self.loss = epoch, f1, loss
-            self.state = copy.deepcopy(model.state_dict())
+    def better(self, value: float, loss: float) -> bool:
+        if self.epoch < 0:
             return True
-        return False
+        if value == self.value:
+            return loss < self.loss
+        return value > self.value if self.mode == "max" else value < self.value
+
+    def update(self, epoch: int, value: float, loss: float, model: nn.Module) -> bool:
+        if not self.better(value, loss):
+            return False
+        self.epoch, self.value, self.loss = epoch, value, loss
+        self.state = copy.deepcopy(model.state_dict())
+        return True
+
+    def stale(self, epoch: int, patience: int) -> bool:
+        """True once `patience` epochs have passed without a new best."""
+        return self.epoch >= 0 and epoch - self.epoch > patience
 
 
-def epochs_with_patience(epochs: int, patience: int, best: Best) -> Iterator[int]:
-    """Epoch numbers until `epochs`, or until `patience` epochs pass without a new best."""
-    for epoch in range(epochs):
-        if best.epoch >= 0 and epoch - best.epoch > patience:
+def monitored(val: dict, monitor: str) -> float:
+    value = val[monitor.removeprefix("val_").replace("f1", "f1_macro")]
+    return float("nan") if value is None else float(value)
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    frozen: bool
+    train_loss: float
+    val: dict
+    lr: float
+    seconds: float
+    images_per_second: float
+    gpu: dict
+
+
+@dataclass
+class Loop:
+    """Everything one training run holds; `fit` drives it epoch by epoch."""
+    model: nn.Module
+    train_set: Dataset
+    val_set: Dataset
+    params: TrainParams
+    seed: int
+    num_classes: int
+    device: torch.device = CPU
+    state_dir: Path | None = None
+    rank: int = 0
+    world: int = 1
+    stop_requested: Callable[[], bool] = lambda: False
+
+    def __post_init__(self) -> None:
+        p = self.params
+        self.model.to(self.device)
+        if self.device.type == "cuda" and p.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        labels = np.asarray(self.train_set.labels)
+        self.criterion = loss_function(self.num_classes, labels if p.class_weights else None)
+        self.criterion.to(self.device)
+        self.generator = torch.Generator()
+        cuda = self.device.type == "cuda"
+        workers = dict(num_workers=p.num_workers, pin_memory=cuda,
+                       persistent_workers=cuda and p.num_workers > 0,
+                       worker_init_fn=seed_worker if p.num_workers else None)
+        self.sampler = (DistributedSampler(self.train_set, self.world, self.rank, seed=self.seed)
+                        if self.world > 1 else None)
+        self.train_loader = DataLoader(
+            self.train_set, batch_size=p.batch_size, shuffle=self.sampler is None,
+            sampler=self.sampler, generator=self.generator,
+            drop_last=len(self.train_set) > p.batch_size * self.world, **workers)
+        self.val_loader = DataLoader(self.val_set, batch_size=p.batch_size, **workers)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, p.lr, p.backbone_lr_scale),
+                                           weight_decay=p.weight_decay)
+        steps = len(self.train_loader)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(p.epochs * steps, p.warmup_epochs * steps))
+        self.best = Best(mode=p.monitor_mode)
+        self.start_epoch = 0
+        self.gpu = GpuMonitor(self.device)
+        self._wrapped: tuple[bool, nn.Module] | None = None
+
+    def forward_model(self, frozen: bool) -> nn.Module:
+        """The module to train: DDP (rebuilt when the trainable set changes) and compiled."""
+        if self._wrapped is None or self._wrapped[0] != frozen:
+            module: nn.Module = self.model
+            if self.world > 1:
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                module = DistributedDataParallel(module, device_ids=ids)
+            if self.params.compile:
+                module = torch.compile(module)
+            self._wrapped = (frozen, module)
+        return self._wrapped[1]
+
+    def train_epoch(self, epoch: int, frozen: bool) -> tuple[float, int]:
+        set_backbone_frozen(self.model, frozen)
+        train_mode(self.model, frozen)
+        module = self.forward_model(frozen)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        total, count = torch.zeros((), device=self.device), 0
+        batches = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=None)
+        for step, (images, labels) in enumerate(batches):
+            if rank_zero_decides(self.stop_requested()):
+                raise Interrupted(f"interrupted in epoch {epoch}")
+            images = images.to(self.device, non_blocking=True)
+            if self.device.type == "cuda" and self.params.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            labels = labels.to(self.device, non_blocking=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast(self.device, self.params.bf16):
+                loss = compute_loss(self.criterion, module(images), labels)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            total += loss.detach() * len(labels)
+            count += len(labels)
+            if step % 10 == 0:
+                self.gpu.sample()
+        return float(total) / max(count, 1), count * self.world
+
+    def save_state(self, epoch: int) -> None:
+        if self.state_dir is None or self.rank != 0:
             return
-        yield epoch
+        state = {"epoch": epoch, "model": self.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(),
+                 "best": {"epoch": self.best.epoch, "value": self.best.value,
+                          "loss": self.best.loss, "state": self.best.state}}
+        with atomic_path(self.state_dir / STATE_FILE) as tmp:
+            torch.save(state, tmp)
 
+    def load_state(self) -> bool:
+        """Continue after the last completed epoch saved in state_dir, if there is one."""
+        path = None if self.state_dir is None else self.state_dir / STATE_FILE
+        if path is None or not path.is_file():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        best = state["best"]
+        self.best = Best(self.params.monitor_mode, best["epoch"], best["value"], best["loss"],
+                         best["state"])
+        self.start_epoch = state["epoch"] + 1
+        return True
 
-def validate(model: nn.Module, loader: DataLoader, criterion: nn.Module) -> dict:
-    labels, logits = predict_logits(model, loader)
-    metrics = classification_metrics(labels.numpy(), probabilities(logits).numpy())
-    metrics["loss"] = float(compute_loss(criterion, logits, labels))
-    return metrics
+    def fit(self, on_epoch: Callable[[EpochLog], None] = lambda log: None) -> Best:
+        p = self.params
+        for epoch in range(self.start_epoch, p.epochs):
+            if rank_zero_decides(self.best.stale(epoch, p.patience)):
+                break
+            reseed_epoch(self.seed, epoch, self.train_set, self.generator)
+            frozen = epoch < p.freeze_epochs
+            lr = self.optimizer.param_groups[-1]["lr"]
+            start = time.perf_counter()
+            train_loss, seen = self.train_epoch(epoch, frozen)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds = time.perf_counter() - start
+            val = validate(self.model, self.val_loader, self.criterion, self.device, p.bf16)
+            self.best.update(epoch, monitored(val, p.monitor), val["loss"], self.model)
+            self.save_state(epoch)
+            if self.rank == 0:
+                on_epoch(EpochLog(epoch, frozen, train_loss, val, lr, seconds,
+                                  seen / seconds, self.gpu.epoch_metrics()))
+        return self.best
