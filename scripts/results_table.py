@@ -13,6 +13,7 @@ from pathlib import Path
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 DEDUP_BEGIN, DEDUP_END = "<!-- dedup-benchmark:begin -->", "<!-- dedup-benchmark:end -->"
 LOADER_BEGIN, LOADER_END = "<!-- loader-benchmark:begin -->", "<!-- loader-benchmark:end -->"
+TRAIN_BEGIN, TRAIN_END = "<!-- train-benchmark:begin -->", "<!-- train-benchmark:end -->"
 
 
 def load(root: Path, name: str, folder: str = "metrics") -> dict:
@@ -95,6 +96,19 @@ def loader_markdown(root: Path) -> str:
     ])
 
 
+def train_markdown(root: Path) -> str:
+    lines = ["| device | model | size | configuration | images/s | peak GPU memory (GiB) |",
+             "|---|---|---|---|---|---|"]
+    for path in sorted((root / "benchmarks" / "results").glob("train_*.json")):
+        bench = load(root, path.name, "benchmarks/results")
+        device = bench["machine"]["gpu"] or f"CPU, {bench['machine']['cpus']} cores"
+        for name, run in bench["runs"].items():
+            peak = run.get("gpu/peak_allocated_gb")
+            lines.append(f"| {device} | {bench['model']} | {bench['size']} | {name} | "
+                         f"{run['images_per_second']} | {'' if peak is None else peak} |")
+    return "\n".join(lines)
+
+
 def with_section(readme: str, begin: str, end: str, body: str) -> str:
     head, rest = readme.split(begin, 1)
     _, tail = rest.split(end, 1)
@@ -104,7 +118,8 @@ def with_section(readme: str, begin: str, end: str, body: str) -> str:
 def with_results(readme: str, root: Path) -> str:
     readme = with_section(readme, BEGIN, END, results_markdown(root))
     readme = with_section(readme, DEDUP_BEGIN, DEDUP_END, dedup_markdown(root))
-    return with_section(readme, LOADER_BEGIN, LOADER_END, loader_markdown(root))
+    readme = with_section(readme, LOADER_BEGIN, LOADER_END, loader_markdown(root))
+    return with_section(readme, TRAIN_BEGIN, TRAIN_END, train_markdown(root))
 
 
 def main() -> int:
