@@ -1,7 +1,9 @@
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +192,31 @@ def test_two_process_gloo_run_trains_and_writes_once(tmp_path) -> None:
     assert config["model"] == TINY and config["best_epoch"] in (0, 1)
     steps = pd.read_csv(tmp_path / "metrics/train/plots/metrics/train/loss.tsv", sep="\t")
     assert steps["step"].tolist() == [0, 1]
+
+
+def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path) -> None:
+    write_tiny_project(tmp_path)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["train"].update(epochs=40, patience=40)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    train = [sys.executable, str(REPO / "stages" / "train.py")]
+    state = tmp_path / "models/last/state.pt"
+    with subprocess.Popen(train, cwd=tmp_path, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as process:
+        deadline = time.monotonic() + 120
+        while not state.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "rerun with train.resume: true" in err
+    assert not (tmp_path / "models/model.safetensors").exists()
+    saved = torch.load(state, weights_only=True)["epoch"]
+    assert saved < 39
+    params["train"].update(resume=True, epochs=saved + 2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run(train, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resuming after epoch {saved}" in result.stdout
+    assert f"epoch {saved + 1} full" in result.stdout and f"epoch {saved} full" not in result.stdout
+    assert (tmp_path / "models/model.safetensors").exists()

@@ -295,7 +295,8 @@ class Loop:
 
     def fit(self, on_epoch: Callable[[EpochLog], None] = lambda log: None) -> Best:
         p = self.params
-        for epoch in range(self.start_epoch, p.epochs):
+        epochs = tqdm(range(self.start_epoch, p.epochs), desc="epochs", disable=None)
+        for epoch in epochs:
             if rank_zero_decides(self.best.stale(epoch, p.patience)):
                 break
             reseed_epoch(self.seed, epoch, self.train_set, self.generator)
