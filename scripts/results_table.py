@@ -25,9 +25,17 @@ def fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def interval(row: dict, name: str) -> str:
+    value, low, high = row.get(name), row.get(f"{name}_low"), row.get(f"{name}_high")
+    if value is None:
+        return "n/a"
+    return f"{value:.4f} ({low:.4f} to {high:.4f})" if low is not None else f"{value:.4f}"
+
+
 def results_markdown(root: Path) -> str:
     evaluate, dedup, split = (load(root, n) for n in ("evaluate.json", "dedup.json", "split.json"))
     best = load(root, "train/metrics.json")["best"]
+    shortcut = evaluate["shortcut"]
     lines = [
         f"Data: {dedup['found']} images found, {dedup['kept']} kept after de-duplication; "
         f"split train {split['train']['n']} / val {split['val']['n']} / "
@@ -35,13 +43,23 @@ def results_markdown(root: Path) -> str:
         f"{split['val']['groups']} / {split['test']['groups']} groups). "
         f"Best epoch {best['epoch']} (val F1 {best['val_f1']:.4f}).",
         "",
-        "| split | n | accuracy | macro F1 | ROC-AUC |",
-        "|---|---|---|---|---|",
+        "| split | n | errors | accuracy (95% CI) | macro F1 (95% CI) | ROC-AUC (95% CI) |",
+        "|---|---|---|---|---|---|",
     ]
     for name in ("val", "test"):
         row = evaluate[name]
-        lines.append(f"| {name} | {row['n']} | {fmt(row['accuracy'])} | "
-                     f"{fmt(row['f1_macro'])} | {fmt(row['roc_auc'])} |")
+        lines.append(f"| {name} | {row['n']} | {row['errors']} | {interval(row, 'accuracy')} | "
+                     f"{interval(row, 'f1_macro')} | {interval(row, 'roc_auc')} |")
+    lines += ["", "| model | test accuracy | test macro F1 |", "|---|---|---|",
+              f"| CNN ({load(root, 'train/metrics.json')['step'] + 1} epochs) | "
+              f"{evaluate['test']['accuracy']:.4f} | {evaluate['test']['f1_macro']:.4f} |"]
+    for name, label in (("image_statistics", "logistic regression on colour statistics + size"),
+                        ("size_only", "logistic regression on width and height only")):
+        lines.append(f"| {label} | {shortcut[name]['accuracy']:.4f} | "
+                     f"{shortcut[name]['f1_macro']:.4f} |")
+    if shortcut["trivial_model_reaches_0_99"]:
+        lines += ["", "A trivial model reaches at least 0.99 test accuracy: this task is "
+                  "separable without looking at anatomy or tissue."]
     return "\n".join(lines)
 
 

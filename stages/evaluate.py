@@ -1,92 +1,154 @@
-"""Stage `evaluate`: score the best checkpoint on the validation and test splits.
+"""Stage `evaluate`: score the best checkpoint on validation and test with intervals, check
+what a trivial model scores, and write the original study's reports and figures.
 
-Writes metrics/evaluate.json, a per-image predictions table, the confusion matrix, ROC and
-precision-recall curves as DVC plot data (dvclive) and as PNG images.
+Writes metrics/evaluate.json, metrics/predictions.csv, metrics/report/ (report.json,
+summary.csv, errors.csv, report.md) and plots/evaluate/ (PNG figures, dvclive plot data,
+Grad-CAM overlays).
 """
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from dvclive import Live
-from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
-from torch.utils.data import DataLoader
+from PIL import Image
 
-from medimg.data import ArrayDataset, eval_transform
+from medimg import plots
+from medimg.catalog import walk_dataset
+from medimg.data import eval_transform, prepare_image
 from medimg.devices import resolve_device
+from medimg.evaluation import error_analysis, full_metrics, image_statistics, shortcut_scores
+from medimg.gradcam import grad_cam, overlay
+from medimg.images import ImageError
 from medimg.io import atomic_path, write_csv, write_json
-from medimg.metrics import classification_metrics
 from medimg.models import load_checkpoint, probabilities
-from medimg.params import load_params
-from medimg.training import predict_logits
+from medimg.params import Params, load_params
+from medimg.report import markdown, summary_table
 
 PREPARED = Path("data/prepared")
 MODEL_DIR = Path("models")
+HISTORY = Path("metrics/train/plots/metrics")
 METRICS = Path("metrics/evaluate.json")
 PREDICTIONS = Path("metrics/predictions.csv")
+REPORT_DIR = Path("metrics/report")
 PLOTS = Path("plots/evaluate")
 
 
-def predict_split(model: torch.nn.Module, config: dict, part: pd.DataFrame, split: str,
-                  batch_size: int) -> np.ndarray:
+def predict(model: torch.nn.Module, config: dict, pixels: np.ndarray, batch_size: int,
+            device: torch.device) -> np.ndarray:
     transform = eval_transform(config["mean"], config["std"])
-    dataset = ArrayDataset(PREPARED / f"{split}.npy", part["label"], transform)
-    device = resolve_device("auto")
-    _, logits = predict_logits(model.to(device), DataLoader(dataset, batch_size=batch_size),
-                               device)
+    batches = (torch.stack([transform(image=p)["image"] for p in pixels[i:i + batch_size]])
+               for i in range(0, len(pixels), batch_size))
+    model.eval()
+    with torch.inference_mode():
+        logits = torch.cat([model(batch.to(device)).float().cpu() for batch in batches])
     return probabilities(logits).double().numpy()
 
 
-def save_figure(path: Path, figure: plt.Figure) -> None:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
+def shortcut(parts: dict[str, pd.DataFrame], arrays: dict[str, np.ndarray],
+             cnn_accuracy: float) -> dict:
+    def features(split: str, size_only: bool) -> np.ndarray:
+        size = parts[split][["width", "height"]].to_numpy(dtype=np.float64)
+        return size if size_only else np.column_stack([image_statistics(arrays[split]), size])
+
+    result = {name: shortcut_scores(features("train", size_only), parts["train"]["label"],
+                                    features("test", size_only), parts["test"]["label"])
+              for name, size_only in (("image_statistics", False), ("size_only", True))}
+    best = max((r["accuracy"] or 0.0) for r in result.values())
+    return {**result, "cnn_test_accuracy": cnn_accuracy, "trivial_model_reaches_0_99": best >= 0.99}
 
 
-def plot_test(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:
-    names = np.asarray(classes)
-    with Live(str(PLOTS), dvcyaml=False, save_dvc_exp=False) as live:
-        live.log_sklearn_plot("confusion_matrix", names[labels], names[probs.argmax(1)])
-        if len(classes) == 2 and len(np.unique(labels)) == 2:
-            live.log_sklearn_plot("roc", labels, probs[:, 1])
-            live.log_sklearn_plot("precision_recall", labels, probs[:, 1])
-    figure, axis = plt.subplots(figsize=(4, 4))
-    ConfusionMatrixDisplay.from_predictions(names[labels], names[probs.argmax(1)],
-                                            labels=names, ax=axis, colorbar=False)
-    axis.set_title("Test confusion matrix")
-    save_figure(PLOTS / "confusion_matrix.png", figure)
-    if len(classes) == 2 and len(np.unique(labels)) == 2:
-        figure, axis = plt.subplots(figsize=(4, 4))
-        RocCurveDisplay.from_predictions(labels, probs[:, 1], ax=axis, name=classes[1])
-        axis.set_title("Test ROC")
-        save_figure(PLOTS / "roc.png", figure)
+def external(params: Params, model: torch.nn.Module, config: dict, device: torch.device) -> dict:
+    """Score another folder-per-class dataset, decoded and resized like the training data."""
+    folder = Path(params.evaluate.external_dir)
+    walk = walk_dataset(folder, params.classes)
+    pixels, labels, rejected = [], [], 0
+    for candidate in walk.candidates:
+        try:
+            pixels.append(prepare_image(folder / candidate.path, config["image_size"],
+                                        config["resize"]))
+            labels.append(params.classes.index(candidate.label_name))
+        except ImageError:
+            rejected += 1
+    probs = predict(model, config, np.stack(pixels), params.evaluate.batch_size, device)
+    result = full_metrics(np.asarray(labels), probs, params.classes,
+                          params.evaluate.bootstrap_resamples, params.seed)
+    return {**result, "rejected": rejected, "ignored": len(walk.ignored)}
+
+
+def gradcam_overlays(model: torch.nn.Module, config: dict, part: pd.DataFrame,
+                     pixels: np.ndarray, per_class: int) -> list[str]:
+    """A few test images per class and outcome, with the map of the predicted class."""
+    model = model.cpu()
+    transform = eval_transform(config["mean"], config["std"])
+    written = []
+    for (name, correct), rows in part.groupby(["class", "correct"], sort=True):
+        for index in rows.index[:per_class]:
+            cam = grad_cam(model, transform(image=pixels[index])["image"],
+                           config["classes"].index(part.at[index, "predicted"]))
+            target = PLOTS / "gradcam" / (f"{name}_{'correct' if correct else 'wrong'}_"
+                                          f"{Path(part.at[index, 'path']).stem}.png")
+            with atomic_path(target) as tmp:
+                Image.fromarray(overlay(pixels[index], cam)).save(tmp, format="PNG")
+            written.append(target.relative_to(PLOTS).as_posix())
+    return written
 
 
 def main() -> None:
     params = load_params()
+    settings, classes = params.evaluate, params.classes
     model, config = load_checkpoint(MODEL_DIR)
-    report, rows = {}, []
+    device = resolve_device("auto")
+    model.to(device)
+    parts = {s: pd.read_csv(PREPARED / f"{s}.csv", dtype={"group": str}, keep_default_na=False)
+             for s in ("train", "val", "test")}
+    arrays = {s: np.load(PREPARED / f"{s}.npy", mmap_mode="r") for s in parts}
+    metrics, rows = {}, []
     for split in ("val", "test"):
-        part = pd.read_csv(PREPARED / f"{split}.csv", dtype={"group": str})
-        probs = predict_split(model, config, part, split, params.evaluate.batch_size)
-        labels = part["label"].to_numpy()
-        report[split] = classification_metrics(labels, probs)
-        predicted = probs.argmax(axis=1)
-        frame = part[["path", "group", "class"]].assign(
-            split=split, predicted=[params.classes[i] for i in predicted])
-        for index, name in enumerate(params.classes):
+        probs = predict(model, config, arrays[split], settings.batch_size, device)
+        labels = parts[split]["label"].to_numpy()
+        metrics[split] = full_metrics(labels, probs, classes, settings.bootstrap_resamples,
+                                      params.seed, settings.ece_bins)
+        frame = parts[split][["path", "group", "class"]].assign(
+            split=split, predicted=np.asarray(classes)[probs.argmax(axis=1)],
+            true_class_probability=probs[np.arange(len(labels)), labels].round(6))
+        for index, name in enumerate(classes):
             frame[f"prob_{name}"] = probs[:, index].round(6)
         rows.append(frame)
         if split == "test":
-            plot_test(labels, probs, params.classes)
-    write_json(METRICS, report)
-    write_csv(PREDICTIONS, pd.concat(rows, ignore_index=True))
-    print("evaluate: " + ", ".join(f"{key} {value}" for key, value in report["test"].items()))
+            test_labels, test_probs = labels, probs
+    metrics["shortcut"] = shortcut(parts, arrays, metrics["test"]["accuracy"])
+    if settings.external_dir:
+        metrics["external"] = external(params, model, config, device)
+    predictions = pd.concat(rows, ignore_index=True)
+    write_json(METRICS, metrics)
+    write_csv(PREDICTIONS, predictions)
+
+    plots.plot_data(PLOTS, test_labels, test_probs, classes)
+    plots.confusion_png(PLOTS / "confusion_matrix.png", test_labels, test_probs, classes)
+    plots.curves_png(PLOTS, test_labels, test_probs, classes)
+    plots.score_histogram(PLOTS, test_labels, test_probs, classes)
+    plots.training_history_png(PLOTS / "training_history.png", HISTORY)
+    test = predictions[predictions["split"] == "test"].reset_index(drop=True)
+    test["correct"] = test["class"] == test["predicted"]
+    overlays = gradcam_overlays(model, config, test, np.asarray(arrays["test"]),
+                                settings.gradcam_per_class)
+
+    report = {"config": params.model_dump(), "model": {k: config[k] for k in (
+                  "model", "image_size", "resize", "pretrained", "best_epoch", "monitor",
+                  "best_value")},
+              "data": {s: len(p) for s, p in parts.items()}, "metrics": metrics}
+    summary = summary_table(metrics)
+    write_json(REPORT_DIR / "report.json", report)
+    write_csv(REPORT_DIR / "summary.csv", summary)
+    write_csv(REPORT_DIR / "errors.csv", error_analysis(predictions, settings.least_confident))
+    figures = sorted(p.relative_to(PLOTS).as_posix() for p in PLOTS.glob("*.png")) + overlays
+    with atomic_path(REPORT_DIR / "report.md") as tmp:
+        tmp.write_text(markdown(report, summary, figures, "../../plots/evaluate"))
+    test_metrics = metrics["test"]
+    print(f"evaluate: test n {test_metrics['n']}, accuracy {test_metrics['accuracy']:.4f} "
+          f"[{test_metrics['accuracy_low']:.4f}, {test_metrics['accuracy_high']:.4f}], "
+          f"shortcut {metrics['shortcut']['image_statistics']['accuracy']}")
 
 
 if __name__ == "__main__":

@@ -35,9 +35,18 @@ DECLARED_FILES = [
     "metrics/train/metrics.json",
     "metrics/evaluate.json",
     "metrics/predictions.csv",
+    "metrics/report/report.json",
+    "metrics/report/summary.csv",
+    "metrics/report/errors.csv",
+    "metrics/report/report.md",
     "plots/evaluate/confusion_matrix.png",
     "plots/evaluate/roc.png",
+    "plots/evaluate/precision_recall.png",
+    "plots/evaluate/calibration.png",
+    "plots/evaluate/score_histogram.png",
+    "plots/evaluate/training_history.png",
     "plots/evaluate/plots/sklearn/confusion_matrix.json",
+    "plots/evaluate/plots/sklearn/roc.json",
 ]
 
 
@@ -93,6 +102,21 @@ def test_default_run_scores_and_accounts_for_every_image(fresh_clone: Path) -> N
         assert array.shape == (split[name]["n"], 128, 128, 3)
     config = json.loads((fresh_clone / "models/model.json").read_text())
     assert config["classes"] == ["mri", "breast_histo"]
+    test = evaluate["test"]
+    assert test["accuracy_low"] < test["accuracy"] <= test["accuracy_high"]
+    assert evaluate["shortcut"]["trivial_model_reaches_0_99"] in (True, False)
+    assert list((fresh_clone / "plots/evaluate/gradcam").glob("*.png"))
+
+
+def test_dvc_metrics_and_plots_render(fresh_clone: Path, tmp_path: Path) -> None:
+    shown = run([sys.executable, "-m", "dvc", "metrics", "show"], fresh_clone)
+    assert "test.accuracy" in shown and "test.accuracy_low" in shown
+    run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(tmp_path / "html")],
+        fresh_clone)
+    page = (tmp_path / "html" / "index.html").read_text()
+    for title in ("Test confusion matrix", "Test ROC", "Test precision-recall", "Loss",
+                  "Validation F1"):
+        assert title in page, title
 
 
 @pytest.mark.parametrize("stage", ["sample", "pretrained"])

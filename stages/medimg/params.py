@@ -137,6 +137,11 @@ class TrainParams(Section):
 
 class EvaluateParams(Section):
     batch_size: PositiveInt
+    bootstrap_resamples: PositiveInt
+    ece_bins: PositiveInt
+    least_confident: NonNegativeInt
+    gradcam_per_class: NonNegativeInt
+    external_dir: str | None
 
 
 class Params(Section):
