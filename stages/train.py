@@ -25,7 +25,7 @@ from medimg.training import EpochLog, Interrupted, Loop, seed_everything
 
 PREPARED = Path("data/prepared")
 MODEL_DIR = Path("models")
-STATE_DIR = Path("models/last")
+STATE_DIR = Path("models/last")  # scratch for train.resume, ignored by git and DVC
 LIVE_DIR = Path("metrics/train")
 
 
@@ -52,20 +52,17 @@ def datasets(params: Params, norm: dict) -> tuple[ArrayDataset, ArrayDataset]:
             ArrayDataset(PREPARED / "val.npy", labels["val"], eval_transform(**norm)))
 
 
+def log_metrics(live: Live, metrics: dict[str, float]) -> None:
+    for name, value in metrics.items():
+        live.log_metric(name, value)
+    live.next_step()
+
+
 def log_epoch(live: Live, log: EpochLog) -> None:
-    live.log_metric("train/loss", log.train_loss)
-    for key in ("loss", "accuracy", "f1_macro", "roc_auc"):
-        if log.val[key] is not None:
-            live.log_metric(f"val/{key}", log.val[key])
-    live.log_metric("lr", log.lr)
-    live.log_metric("epoch_seconds", round(log.seconds, 2))
-    live.log_metric("images_per_second", round(log.images_per_second, 1))
-    for key, value in log.gpu.items():
-        live.log_metric(key, round(value, 3))
+    log_metrics(live, log.metrics())
     print(f"epoch {log.epoch} {'frozen' if log.frozen else 'full'}: train loss "
           f"{log.train_loss:.4f}, val loss {log.val['loss']:.4f}, val f1 "
           f"{log.val['f1_macro']:.4f}, {log.images_per_second:.0f} img/s")
-    live.next_step()
 
 
 def main() -> None:
@@ -82,8 +79,11 @@ def main() -> None:
     resumed = train.resume and loop.load_state()
     if resumed:
         print(f"train: resuming after epoch {loop.start_epoch - 1}")
-    live = Live(str(LIVE_DIR), resume=resumed, dvcyaml=False, save_dvc_exp=False) \
-        if rank == 0 else None
+    elif train.resume:
+        print(f"train: train.resume is set but {STATE_DIR} holds no state; starting afresh")
+    live = Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) if rank == 0 else None
+    for earlier in loop.history if live else []:  # dvclive's files start afresh in a stage
+        log_metrics(live, earlier)
     try:
         best = loop.fit(on_epoch=lambda log: log_epoch(live, log) if live else None)
     except Interrupted as stop:

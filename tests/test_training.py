@@ -220,3 +220,5 @@ def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path) -> None:
     assert f"resuming after epoch {saved}" in result.stdout
     assert f"epoch {saved + 1} full" in result.stdout and f"epoch {saved} full" not in result.stdout
     assert (tmp_path / "models/model.safetensors").exists()
+    history = pd.read_csv(tmp_path / "metrics/train/plots/metrics/train/loss.tsv", sep="\t")
+    assert history["step"].tolist() == list(range(saved + 2))  # earlier epochs replayed

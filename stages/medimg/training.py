@@ -182,6 +182,17 @@ class EpochLog:
     images_per_second: float
     gpu: dict
 
+    def metrics(self) -> dict[str, float]:
+        """The figures dvclive logs for this epoch, by name."""
+        logged = {"train/loss": self.train_loss, "lr": self.lr,
+                  "epoch_seconds": round(self.seconds, 2),
+                  "images_per_second": round(self.images_per_second, 1)}
+        logged.update({f"val/{key}": self.val[key]
+                       for key in ("loss", "accuracy", "f1_macro", "roc_auc")
+                       if self.val[key] is not None})
+        logged.update({key: round(value, 3) for key, value in self.gpu.items()})
+        return logged
+
 
 @dataclass
 class Loop:
@@ -226,6 +237,7 @@ class Loop:
         self.best = Best(mode=p.monitor_mode)
         self.start_epoch = 0
         self.gpu = GpuMonitor(self.device)
+        self.history: list[dict] = []  # what was logged per epoch, kept with the state
         self._wrapped: tuple[bool, nn.Module] | None = None
 
     def forward_model(self, frozen: bool) -> nn.Module:
@@ -274,7 +286,8 @@ class Loop:
                  "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(),
                  "best": {"epoch": self.best.epoch, "value": self.best.value,
-                          "loss": self.best.loss, "state": self.best.state}}
+                          "loss": self.best.loss, "state": self.best.state},
+                 "history": self.history}
         with atomic_path(self.state_dir / STATE_FILE) as tmp:
             torch.save(state, tmp)
 
@@ -291,6 +304,7 @@ class Loop:
         self.best = Best(self.params.monitor_mode, best["epoch"], best["value"], best["loss"],
                          best["state"])
         self.start_epoch = state["epoch"] + 1
+        self.history = state["history"]
         return True
 
     def fit(self, on_epoch: Callable[[EpochLog], None] = lambda log: None) -> Best:
@@ -309,8 +323,10 @@ class Loop:
             seconds = time.perf_counter() - start
             val = validate(self.model, self.val_loader, self.criterion, self.device, p.bf16)
             self.best.update(epoch, monitored(val, p.monitor), val["loss"], self.model)
+            log = EpochLog(epoch, frozen, train_loss, val, lr, seconds, seen / seconds,
+                           self.gpu.epoch_metrics())
+            self.history.append(log.metrics())
             self.save_state(epoch)
             if self.rank == 0:
-                on_epoch(EpochLog(epoch, frozen, train_loss, val, lr, seconds,
-                                  seen / seconds, self.gpu.epoch_metrics()))
+                on_epoch(log)
         return self.best
