@@ -14,6 +14,9 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 DEDUP_BEGIN, DEDUP_END = "<!-- dedup-benchmark:begin -->", "<!-- dedup-benchmark:end -->"
 LOADER_BEGIN, LOADER_END = "<!-- loader-benchmark:begin -->", "<!-- loader-benchmark:end -->"
 TRAIN_BEGIN, TRAIN_END = "<!-- train-benchmark:begin -->", "<!-- train-benchmark:end -->"
+DVC_BEGIN, DVC_END = "<!-- dvc-benchmark:begin -->", "<!-- dvc-benchmark:end -->"
+INFERENCE_BEGIN, INFERENCE_END = ("<!-- inference-benchmark:begin -->",
+                                  "<!-- inference-benchmark:end -->")
 
 
 def load(root: Path, name: str, folder: str = "metrics") -> dict:
@@ -127,6 +130,45 @@ def train_markdown(root: Path) -> str:
     return "\n".join(lines)
 
 
+def dvc_markdown(root: Path) -> str:
+    bench = load(root, "dvc.json", "benchmarks/results")
+    steps = (("dvc add", "dvc_add_seconds"),
+             ("dvc repro dedup (first run)", "repro_dedup_seconds"),
+             ("dvc status", "status_seconds"),
+             ("dvc repro (nothing to do)", "noop_repro_seconds"),
+             ("dvc push (local remote)", "push_seconds"),
+             ("dvc pull (fresh clone)", "pull_seconds"))
+    lines = [f"{bench['files']:,} files, {bench['cpus']} cores:", "",
+             "| command | seconds |", "|---|---|"]
+    lines += [f"| `{label}` | {bench[key]} |" for label, key in steps]
+    return "\n".join(lines)
+
+
+def inference_markdown(root: Path) -> str:
+    bench = load(root, "inference.json", "benchmarks/results")
+    export = load(root, "export.json")
+    lines = [f"{bench['model']} at {bench['size']} px, {bench['machine']['cpus']} CPU cores, "
+             "one run:", "",
+             "| backend | images/s (batch 32) | latency p50 (batch 1, ms) | p95 (ms) |",
+             "|---|---|---|---|"]
+    for name, label in (("pytorch_eager", "PyTorch eager"), ("onnxruntime", "ONNX Runtime")):
+        row = bench[name]
+        lines.append(f"| {label} | {row['images_per_second_batch32']} | "
+                     f"{row['latency_ms_p50_batch1']} | {row['latency_ms_p95_batch1']} |")
+    onnx = export["onnx"]
+    lines += ["", f"Parity on the {export['n']} test images (`metrics/export.json`): largest "
+              f"probability difference {onnx['max_abs_probability_difference']:.1e}, labels "
+              f"{'identical' if onnx['labels_identical'] else 'DIFFERENT'}; ONNX model "
+              f"{onnx['size_mb']} MB."]
+    if "int8" in export:
+        int8 = export["int8"]
+        lines.append(f"Dynamic int8 quantisation: {int8['size_mb']} MB, test accuracy "
+                     f"{int8['accuracy']:.4f} ({int8['accuracy_change']:+.4f} against "
+                     f"PyTorch), largest probability difference "
+                     f"{int8['max_abs_probability_difference']:.2f}.")
+    return "\n".join(lines)
+
+
 def with_section(readme: str, begin: str, end: str, body: str) -> str:
     head, rest = readme.split(begin, 1)
     _, tail = rest.split(end, 1)
@@ -137,7 +179,9 @@ def with_results(readme: str, root: Path) -> str:
     readme = with_section(readme, BEGIN, END, results_markdown(root))
     readme = with_section(readme, DEDUP_BEGIN, DEDUP_END, dedup_markdown(root))
     readme = with_section(readme, LOADER_BEGIN, LOADER_END, loader_markdown(root))
-    return with_section(readme, TRAIN_BEGIN, TRAIN_END, train_markdown(root))
+    readme = with_section(readme, TRAIN_BEGIN, TRAIN_END, train_markdown(root))
+    readme = with_section(readme, DVC_BEGIN, DVC_END, dvc_markdown(root))
+    return with_section(readme, INFERENCE_BEGIN, INFERENCE_END, inference_markdown(root))
 
 
 def main() -> int:

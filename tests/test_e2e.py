@@ -30,6 +30,10 @@ DECLARED_FILES = [
     "models/pretrained/tf_efficientnet_lite0.safetensors",
     "models/model.safetensors",
     "models/model.json",
+    "models/model.onnx",
+    "models/model.onnx.json",
+    "models/int8/model.onnx",
+    "metrics/export.json",
     "metrics/dedup.json",
     "metrics/split.json",
     "metrics/train/metrics.json",
@@ -106,6 +110,9 @@ def test_default_run_scores_and_accounts_for_every_image(fresh_clone: Path) -> N
     assert test["accuracy_low"] < test["accuracy"] <= test["accuracy_high"]
     assert evaluate["shortcut"]["trivial_model_reaches_0_99"] in (True, False)
     assert list((fresh_clone / "plots/evaluate/gradcam").glob("*.png"))
+    export = json.loads((fresh_clone / "metrics/export.json").read_text())
+    assert export["onnx"]["max_abs_probability_difference"] <= 1e-4
+    assert export["onnx"]["labels_identical"] and export["n"] == test["n"]
 
 
 def test_dvc_metrics_and_plots_render(fresh_clone: Path, tmp_path: Path) -> None:

@@ -32,9 +32,10 @@ def resize_square(pixels: np.ndarray, size: int, policy: str) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def prepare_image(path: Path, size: int, policy: str) -> np.ndarray:
+def prepare_image(path: Path, size: int, policy: str,
+                  max_pixels: int | None = None) -> np.ndarray:
     """Decode with the shared rules and resize: what every model input starts from."""
-    return resize_square(load_rgb(path), size, policy)
+    return resize_square(load_rgb(path, max_pixels), size, policy)
 
 
 def eval_transform(mean: Sequence[float], std: Sequence[float]) -> A.Compose:

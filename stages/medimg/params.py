@@ -144,6 +144,12 @@ class EvaluateParams(Section):
     external_dir: str | None
 
 
+class ExportParams(Section):
+    opset: Annotated[int, Field(strict=True, ge=17)]
+    tolerance: Annotated[Number, Field(gt=0.0)]
+    int8: Bool
+
+
 class Params(Section):
     seed: Int
     classes: Annotated[list[str], Field(min_length=2)]
@@ -155,6 +161,7 @@ class Params(Section):
     model: ModelParams
     train: TrainParams
     evaluate: EvaluateParams
+    export: ExportParams
 
     @model_validator(mode="after")
     def _classes_unique(self) -> "Params":

@@ -1,0 +1,93 @@
+"""Stage `export`: the best checkpoint as ONNX with a dynamic batch axis, checked against
+PyTorch on the test split, and optionally quantised to int8.
+
+Writes models/model.onnx, models/model.onnx.json (inputs, outputs and preprocessing),
+models/int8/model.onnx (with export.int8; else the folder is empty) and
+metrics/export.json. Fails when the ONNX
+probabilities differ from PyTorch's by more than export.tolerance or a label changes.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medimg.inference import ONNX_NAME, ONNX_SIDECAR, OnnxBackend, TorchBackend, normalise
+from medimg.io import atomic_path, write_json
+from medimg.params import load_params
+
+MODEL_DIR = Path("models")
+INT8_DIR = MODEL_DIR / "int8"  # a folder, so the output exists when int8 is off
+PREPARED = Path("data/prepared")
+METRICS = Path("metrics/export.json")
+
+
+def export_onnx(backend: TorchBackend, target: Path, opset: int) -> None:
+    size = backend.config["image_size"]
+    example = torch.zeros(2, 3, size, size)
+    with atomic_path(target) as tmp:
+        torch.onnx.export(backend.model, (example,), str(tmp), input_names=["image"],
+                          output_names=["logits"], opset_version=opset, dynamo=True,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},),
+                          external_data=False, verbose=False)
+
+
+def sidecar(config: dict) -> dict:
+    return {
+        "model": ONNX_NAME,
+        "input": {"name": "image", "shape": ["batch", 3, config["image_size"],
+                                              config["image_size"]], "dtype": "float32"},
+        "output": {"name": "logits", "activation": "sigmoid of the one logit = probability of "
+                   f"{config['classes'][1]}" if len(config["classes"]) == 2 else "softmax"},
+        "classes": config["classes"],
+        "preprocessing": {
+            "decode": "EXIF orientation applied; any mode to 8-bit RGB, transparency on white",
+            "resize": f"{config['resize']} to {config['image_size']}x{config['image_size']}, "
+                      "bicubic",
+            "scale": "divide by 255", "mean": config["mean"], "std": config["std"],
+            "layout": "NCHW"},
+    }
+
+
+def compare(reference: np.ndarray, other: np.ndarray, labels: np.ndarray) -> dict:
+    return {"max_abs_probability_difference": float(np.abs(reference - other).max()),
+            "labels_identical": bool((reference.argmax(1) == other.argmax(1)).all()),
+            "accuracy": float((other.argmax(1) == labels).mean())}
+
+
+def main() -> None:
+    params = load_params()
+    settings = params.export
+    torch_backend = TorchBackend(MODEL_DIR)
+    config = torch_backend.config
+    export_onnx(torch_backend, MODEL_DIR / ONNX_NAME, settings.opset)
+    write_json(MODEL_DIR / ONNX_SIDECAR, sidecar(config))
+    pixels = np.load(PREPARED / "test.npy")
+    labels = pd.read_csv(PREPARED / "test.csv")["label"].to_numpy()
+    batch = normalise(pixels, config["mean"], config["std"])
+    reference = torch_backend(batch)
+    onnx = compare(reference, OnnxBackend(MODEL_DIR)(batch), labels)
+    report = {"n": len(labels), "tolerance": settings.tolerance,
+              "torch_accuracy": float((reference.argmax(1) == labels).mean()),
+              "onnx": {**onnx, "size_mb": round(os.path.getsize(MODEL_DIR / ONNX_NAME) / 2**20, 2)}}
+    INT8_DIR.mkdir(exist_ok=True)
+    if settings.int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        with atomic_path(INT8_DIR / ONNX_NAME) as tmp:
+            quantize_dynamic(str(MODEL_DIR / ONNX_NAME), str(tmp), weight_type=QuantType.QInt8)
+        int8 = compare(reference, OnnxBackend(MODEL_DIR, f"int8/{ONNX_NAME}")(batch), labels)
+        report["int8"] = {**int8,
+                          "size_mb": round(os.path.getsize(INT8_DIR / ONNX_NAME) / 2**20, 2),
+                          "accuracy_change": int8["accuracy"] - report["torch_accuracy"]}
+    write_json(METRICS, report)
+    if onnx["max_abs_probability_difference"] > settings.tolerance or not onnx["labels_identical"]:
+        raise SystemExit(f"export: ONNX differs from PyTorch: {onnx}")
+    print(f"export: {len(labels)} test images, max |dp| "
+          f"{onnx['max_abs_probability_difference']:.2e}, labels identical")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Classify new images with the trained model.
+
+    python stages/predict.py PATH... [--out FILE.csv|FILE.json] [--model DIR]
+                             [--backend torch|onnx] [--gradcam DIR]
+
+PATH may be files, folders (searched recursively for images) and glob patterns. Each
+input is decoded by the dedup stage's rules and resized as in training. The output has
+one row per input: path, predicted class, one probability column per class (prob_<class>)
+and error (empty, or why that file could not be classified). The exit status is non-zero
+only when no input could be classified.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from medimg.data import prepare_image
+from medimg.gradcam import grad_cam, overlay
+from medimg.images import ImageError
+from medimg.inference import TorchBackend, expand_inputs, load_backend, normalise
+from medimg.io import atomic_path, write_csv
+
+DEFAULT_MAX_PIXELS = 89_478_485  # the dedup stage's default decompression-bomb limit
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="files, folders or globs")
+    parser.add_argument("--out", type=Path, help="CSV or JSON file (default: CSV on stdout)")
+    parser.add_argument("--model", type=Path, default=Path("models"),
+                        help="folder with model.safetensors and model.json")
+    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--gradcam", type=Path, help="save Grad-CAM overlays here (torch)")
+    return parser.parse_args(argv)
+
+
+def decode(path: str, config: dict) -> tuple[np.ndarray | None, str]:
+    try:
+        return prepare_image(Path(path), config["image_size"], config["resize"],
+                             DEFAULT_MAX_PIXELS), ""
+    except ImageError as err:
+        return None, str(err)
+
+
+def classify(paths: list[str], args: argparse.Namespace) -> pd.DataFrame:
+    backend = load_backend(args.model, args.backend)
+    config, classes = backend.config, backend.config["classes"]
+    rows, ready = [], []
+    for path, error in expand_inputs(paths):
+        pixels, error = (None, error) if error else decode(path, config)
+        rows.append({"path": path, "predicted": "", **{f"prob_{c}": np.nan for c in classes},
+                     "error": error})
+        if pixels is not None:
+            ready.append((len(rows) - 1, pixels))
+    for start in range(0, len(ready), args.batch_size):
+        chunk = ready[start:start + args.batch_size]
+        probs = backend(normalise(np.stack([p for _, p in chunk]), config["mean"], config["std"]))
+        for (row, pixels), prob in zip(chunk, probs, strict=True):
+            rows[row]["predicted"] = classes[int(prob.argmax())]
+            rows[row].update({f"prob_{c}": round(float(p), 6) for c, p in zip(classes, prob,
+                                                                              strict=True)})
+            if args.gradcam and args.backend == "torch":
+                save_gradcam(backend, pixels, int(prob.argmax()), rows[row]["path"], args.gradcam)
+    return pd.DataFrame(rows)
+
+
+def save_gradcam(backend: TorchBackend, pixels: np.ndarray, target: int, path: str,
+                 folder: Path) -> None:
+    config = backend.config
+    image = normalise(pixels[None], config["mean"], config["std"])[0]
+    cam = grad_cam(backend.model, torch.from_numpy(image), target)
+    name = Path(path).with_suffix("").as_posix().strip("/").replace("/", "__") + ".png"
+    with atomic_path(folder / name) as tmp:
+        Image.fromarray(overlay(pixels, cam)).save(tmp, format="PNG")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    table = classify(args.paths, args)
+    if args.out is None:
+        table.to_csv(sys.stdout, index=False, lineterminator="\n")
+    elif args.out.suffix.lower() == ".json":
+        with atomic_path(args.out) as tmp:
+            table.to_json(tmp, orient="records", indent=2)
+    else:
+        write_csv(args.out, table)
+    failed = int((table["error"] != "").sum())
+    print(f"predict: {len(table) - failed} classified, {failed} failed", file=sys.stderr)
+    return 0 if failed < len(table) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
