@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pandas as pd
 import torch
 
@@ -32,6 +33,12 @@ def export_onnx(backend: TorchBackend, target: Path, opset: int) -> None:
                           output_names=["logits"], opset_version=opset, dynamo=True,
                           dynamic_shapes=({0: torch.export.Dim("batch")},),
                           external_data=False, verbose=False)
+        # The exporter stores stack traces with absolute source paths on every node: drop
+        # them, so the same weights give the same file wherever the project lives.
+        graph = onnx.load(str(tmp))
+        for node in graph.graph.node:
+            del node.metadata_props[:]
+        onnx.save(graph, str(tmp))
 
 
 def sidecar(config: dict) -> dict:
