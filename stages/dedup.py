@@ -3,7 +3,8 @@ duplicates and label conflicts, and join the split groups of similar images.
 
 Writes data/dedup/{catalog,duplicates,rejects,ignored}.csv, the catalog's 64x64 greyscale
 thumbnails (thumbs.npy, in catalog order, for the split's leakage check) and
-metrics/dedup.json, where `found` equals the sum of every other count.
+metrics/dedup.json, where `found` equals the sum of every other count. With
+`dedup.enabled: false` nothing is removed and `left_in` counts the copies that stayed.
 """
 
 import os
@@ -68,9 +69,12 @@ def main() -> None:
     limits = Thresholds(dedup.near_hamming, dedup.near_correlation,
                         prefer_origin=params.split.respect_existing)
     kept, removed = deduplicate(images, thumbs, limits)
+    found_matches = removed["match"].value_counts()
+    if not dedup.enabled:  # the leaky baseline: everything stays, copies are only counted
+        kept, removed = images.sort_values("path").reset_index(drop=True), removed.iloc[:0]
     row = {path: i for i, path in enumerate(images["path"])}
     kept_thumbs = thumbs[[row[p] for p in kept["path"]]]
-    if use_similarity(dedup, data, groups_table):
+    if dedup.enabled and use_similarity(dedup, data, groups_table):
         kept["group"], kept["group_source"] = similarity_groups(
             kept, kept_thumbs, dedup.similar_hamming, dedup.similar_correlation)
     ignored = pd.DataFrame(walk.ignored, columns=["path", "reason"])
@@ -87,6 +91,9 @@ def main() -> None:
         "ignored": len(ignored),
     }
     assert counts["found"] == sum(v for k, v in counts.items() if k != "found"), counts
+    if not dedup.enabled:
+        counts["left_in"] = {match: int(found_matches.get(match, 0))
+                             for match in ("exact", "pixel", "near", "conflict")}
     write_csv(OUT_DIR / "catalog.csv", kept)
     write_npy(OUT_DIR / "thumbs.npy", kept_thumbs)
     write_csv(OUT_DIR / "duplicates.csv", removed)
@@ -94,6 +101,8 @@ def main() -> None:
     write_csv(OUT_DIR / "ignored.csv", ignored)
     write_json(METRICS, counts)
     print("dedup: " + ", ".join(f"{key} {value}" for key, value in counts.items()))
+    if not dedup.enabled:
+        print("dedup: dedup.enabled is false: duplicates and conflicts were kept")
 
 
 if __name__ == "__main__":

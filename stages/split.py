@@ -3,8 +3,10 @@ optionally k-fold or respecting a dataset's own test folder, and proof that noth
 crosses the splits.
 
 Writes data/split/split.csv (the catalog plus a `split` column, in catalog order),
-data/split/closest_pairs.csv, data/split/test_copies.csv and metrics/split.json. Fails,
-naming the pairs, if any group, file hash, pixel hash or near duplicate crosses splits.
+data/split/closest_pairs.csv, data/split/test_copies.csv, data/split/leaks.csv,
+data/split/leaked_test.csv and metrics/split.json. Fails, naming the pairs, if any group,
+file hash, pixel hash or near duplicate crosses splits, unless dedup.enabled is false:
+then the leaks are counted.
 """
 
 from pathlib import Path
@@ -48,6 +50,22 @@ def test_copies(duplicates: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
         columns={"representative": "test_image", "path": "removed_copy"})
 
 
+def leaked_test_images(table: pd.DataFrame, offenders: pd.DataFrame) -> pd.DataFrame:
+    """Test images with a byte, pixel or near copy among the training or validation
+    images: those whose answer the model may have memorised. One row per image and kind."""
+    used = table[table["split"] != EXCLUDED]
+    test, seen = used[used["split"] == "test"], used[used["split"] != "test"]
+    rows = [test.loc[test[key].isin(seen[key]), ["path"]].assign(kind=key)
+            for key in ("sha256", "pixel_sha256")]
+    split = dict(zip(table["path"], table["split"], strict=True))
+    near = offenders[offenders["kind"] == "near_duplicate"]
+    rows.append(pd.DataFrame({
+        "path": [a if split[a] == "test" else b for a, b in zip(near["a"], near["b"], strict=True)
+                 if "test" in (split[a], split[b])],
+        "kind": "near_duplicate"}))
+    return pd.concat(rows, ignore_index=True).drop_duplicates().sort_values(["path", "kind"])
+
+
 def main() -> None:
     params = load_params()
     table = pd.read_csv(DEDUP / "catalog.csv", dtype={"group": str, "origin": str},
@@ -58,12 +76,22 @@ def main() -> None:
                                    split.fold, split.respect_existing)
     overlap, offenders = leakage(table, thumbs, params.dedup.near_hamming,
                                  params.dedup.near_correlation)
-    if len(offenders):
+    if len(offenders) and params.dedup.enabled:
         listing = "; ".join(f"{r.kind}: {r.a} <-> {r.b} ({r.detail})"
                             for r in offenders.head(20).itertuples())
         raise SystemExit(f"split: {len(offenders)} leaks across splits: {listing}")
     report = split_table(table, params.classes)
     report["overlap"] = overlap
+    if not params.dedup.enabled:  # the leaky baseline: measured, not refused
+        leaked = leaked_test_images(table, offenders)
+        report["leaks"] = {"pairs": len(offenders),
+                           "test_images_with_copy": int(leaked["path"].nunique()),
+                           **{kind: int(n) for kind, n in leaked["kind"].value_counts().items()}}
+        print(f"split: dedup.enabled is false: {len(offenders)} leaks across splits, "
+              f"{report['leaks']['test_images_with_copy']} test images with a copy outside "
+              f"test; listed in {OUT_DIR / 'leaks.csv'} and {OUT_DIR / 'leaked_test.csv'}")
+    else:
+        leaked = pd.DataFrame(columns=["path", "kind"])
     if split.respect_existing is not None:
         duplicates = pd.read_csv(DEDUP / "duplicates.csv", dtype={"origin": str},
                                  keep_default_na=False)
@@ -78,6 +106,8 @@ def main() -> None:
     write_csv(OUT_DIR / "split.csv", table)
     write_csv(OUT_DIR / "closest_pairs.csv", closest_pairs(table, thumbs, split.closest_pairs))
     write_csv(OUT_DIR / "test_copies.csv", copies)
+    write_csv(OUT_DIR / "leaks.csv", offenders)
+    write_csv(OUT_DIR / "leaked_test.csv", leaked)
     write_json(METRICS, report)
     print("split: " + ", ".join(f"{s} {report[s]['n']} ({report[s]['per_class']})"
                                 for s in SPLITS) + f", excluded {report[EXCLUDED]}")

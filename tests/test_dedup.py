@@ -10,6 +10,7 @@ from PIL import Image, ImageEnhance, PngImagePlugin
 from scipy.ndimage import gaussian_filter
 
 import dedup
+import split
 from conftest import REPO, noise_image, save
 from medimg.catalog import DatasetError, Thresholds, assign_groups, deduplicate, walk_dataset
 from medimg.perceptual import detail_correlation, near_pairs, phash
@@ -272,3 +273,48 @@ def test_near_pairs_equal_brute_force() -> None:
         expected = np.argwhere(np.triu(distances <= limit, k=1))
         assert sorted(zip(first.tolist(), second.tolist(), strict=True)) == \
             sorted(map(tuple, expected.tolist()))
+
+
+def leaky_dataset(tmp_path: Path, monkeypatch, enabled: bool) -> Path:
+    """Training/Testing folders where one test image has a byte copy and a re-saved copy
+    (same pixels) in Training, with dedup switched on or off."""
+    raw = use_dataset(tmp_path, monkeypatch, ["a", "b"], class_level=2)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["dedup"]["enabled"] = enabled
+    params["split"]["respect_existing"] = "Testing"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for i in range(12):
+        save(raw / f"Training/{'ab'[i % 2]}/x{i}.png", textured(100 + i))
+    for i in range(4):
+        save(raw / f"Testing/{'ab'[i % 2]}/t{i}.png", textured(200 + i))
+    (raw / "Training/a/copy.png").write_bytes((raw / "Testing/a/t0.png").read_bytes())
+    save(raw / "Training/a/resaved.bmp", textured(200))
+    return raw
+
+
+def test_disabled_dedup_keeps_copies_and_the_split_counts_the_leaks(tmp_path,
+                                                                      monkeypatch) -> None:
+    leaky_dataset(tmp_path, monkeypatch, enabled=False)
+    counts, tables = run_dedup()
+    assert counts["kept"] == 18 and counts["exact_duplicates"] == 0
+    assert counts["left_in"] == {"exact": 1, "pixel": 1, "near": 0, "conflict": 0}
+    assert {"Training/a/copy.png", "Training/a/resaved.bmp"} <= set(tables["catalog"]["path"])
+    split.main()
+    report = json.loads(Path("metrics/split.json").read_text())
+    assert report["test"]["n"] == 4
+    assert report["leaks"]["test_images_with_copy"] == 1
+    leaked = pd.read_csv("data/split/leaked_test.csv")
+    assert set(leaked["path"]) == {"Testing/a/t0.png"}
+    assert {"sha256", "pixel_sha256"} <= set(leaked["kind"])
+
+
+def test_enabled_dedup_removes_the_training_copies_of_test_images(tmp_path,
+                                                                   monkeypatch) -> None:
+    leaky_dataset(tmp_path, monkeypatch, enabled=True)
+    counts, tables = run_dedup()
+    assert counts["kept"] == 16 and "left_in" not in counts
+    assert set(tables["duplicates"]["representative"]) == {"Testing/a/t0.png"}
+    split.main()
+    report = json.loads(Path("metrics/split.json").read_text())
+    assert "leaks" not in report and report["test_copies_removed"]["copies"] == 2
+    assert pd.read_csv("data/split/leaked_test.csv").empty

@@ -58,6 +58,7 @@ class SampleParams(Section):
 
 
 class DedupParams(Section):
+    enabled: Bool
     min_side: PositiveInt
     max_pixels: PositiveInt
     workers: NonNegativeInt
