@@ -58,6 +58,15 @@ def test_packaged_model_gets_backbone_weights_and_a_new_head(lite0_weights) -> N
     four = create_model("tf_efficientnet_lite0", str(lite0_weights), 4)
     assert four.get_classifier().out_features == 4
     assert torch.equal(four.conv_stem.weight, reference["conv_stem.weight"])
+    # A new head starts at zero: every class at equal odds, not logits in the tens.
+    for head in (model.get_classifier(), four.get_classifier()):
+        assert not head.weight.any() and not head.bias.any()
+    images = torch.rand(2, 3, 64, 64)
+    assert torch.equal(four.eval()(images), torch.zeros(2, 4))
+    # The full ImageNet head is the pretrained one, kept as it is.
+    imagenet = create_model("tf_efficientnet_lite0", str(lite0_weights), 1000)
+    assert torch.equal(imagenet.get_classifier().weight, reference["classifier.weight"])
+    assert create_model(TINY, "none", 4).get_classifier().weight.any()  # random init stays
 
 
 def test_pretrained_sources_fail_clearly(tmp_path) -> None:

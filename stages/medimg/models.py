@@ -62,6 +62,26 @@ def create_model(name: str, pretrained: str, num_classes: int,
     outputs = num_outputs(num_classes)
     if pretrained == "none":
         return timm.create_model(name, pretrained=False, num_classes=outputs)
+    return zero_new_head(_pretrained_model(name, pretrained, outputs, packaged_weights))
+
+
+def zero_new_head(model: torch.nn.Module) -> torch.nn.Module:
+    """Start a newly created classifier at zero when the backbone is pretrained.
+
+    timm initialises a new head uniformly within 1/sqrt(outputs): fine for 1,000 classes,
+    but with one to four outputs the first logits are in the tens, and the frozen stage
+    spends its epochs shrinking them (on the tumour task one head-only epoch left the loss
+    near 6 instead of below ln 4). A zero head starts every class at equal odds.
+    """
+    if model.num_classes != model.pretrained_cfg.get("num_classes"):
+        head = model.get_classifier()
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+    return model
+
+
+def _pretrained_model(name: str, pretrained: str, outputs: int,
+                      packaged_weights: Path) -> torch.nn.Module:
     if pretrained == "hub":
         return timm.create_model(name, pretrained=True, num_classes=outputs)
     if pretrained == "packaged":
