@@ -87,8 +87,9 @@ def main() -> None:
     try:
         best = loop.fit(on_epoch=lambda log: log_epoch(live, log) if live else None)
     except Interrupted as stop:
-        print(f"train: {stop}; epochs up to {loop.start_epoch - 1} or later are saved in "
-              f"{STATE_DIR}; rerun with train.resume: true to continue", file=sys.stderr)
+        saved = (f"epochs 0 to {len(loop.history) - 1} are saved in {STATE_DIR}; rerun with "
+                 "train.resume: true to continue") if loop.history else "no epoch was completed"
+        print(f"train: {stop}; {saved}", file=sys.stderr)
         sys.exit(130)
     finally:
         close_distributed()

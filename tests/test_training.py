@@ -213,6 +213,7 @@ def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path) -> None:
     assert not (tmp_path / "models/model.safetensors").exists()
     saved = torch.load(state, weights_only=True)["epoch"]
     assert saved < 39
+    assert f"epochs 0 to {saved} are saved in models/last" in err
     params["train"].update(resume=True, epochs=saved + 2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = subprocess.run(train, cwd=tmp_path, capture_output=True, text=True, check=False)
