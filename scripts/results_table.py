@@ -10,6 +10,12 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
+
+from medimg.evaluation import difference_interval, wilson_interval
+
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 DEDUP_BEGIN, DEDUP_END = "<!-- dedup-benchmark:begin -->", "<!-- dedup-benchmark:end -->"
 LOADER_BEGIN, LOADER_END = "<!-- loader-benchmark:begin -->", "<!-- loader-benchmark:end -->"
@@ -17,6 +23,15 @@ TRAIN_BEGIN, TRAIN_END = "<!-- train-benchmark:begin -->", "<!-- train-benchmark
 DVC_BEGIN, DVC_END = "<!-- dvc-benchmark:begin -->", "<!-- dvc-benchmark:end -->"
 INFERENCE_BEGIN, INFERENCE_END = ("<!-- inference-benchmark:begin -->",
                                   "<!-- inference-benchmark:end -->")
+REAL_BEGIN, REAL_END = "<!-- real-results:begin -->", "<!-- real-results:end -->"
+# The original notebook's reported figures (see ../shared/research/data-and-weights.md).
+ORIGINAL = {"images": "3,264 MRI + 10,000 histopathology", "test_n": 1955, "test_errors": 0}
+# Task: (baseline run, leaky run, what differs).
+COMPARISONS = {
+    "A": ("a_original", "a_original_leaky", "no de-duplication and no patient groups"),
+    "B": ("b_tumours_clean", "b_tumours_leaky", "de-duplication and leakage removal off"),
+    "C": ("c_idc_patient", "c_idc_patch", "patch-level instead of patient-level split"),
+}
 
 
 def load(root: Path, name: str, folder: str = "metrics") -> dict:
@@ -169,6 +184,141 @@ def inference_markdown(root: Path) -> str:
     return "\n".join(lines)
 
 
+def real_runs(root: Path) -> dict[str, dict]:
+    return {path.stem.removeprefix("real_"): load(root, path.name, "benchmarks/results")
+            for path in sorted((root / "benchmarks" / "results").glob("real_*.json"))}
+
+
+def decoded(run: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Test labels, predictions and has-a-copy flags from a results file's digit strings."""
+    found = run["test_predictions"]
+    return tuple(np.array([int(c) for c in found[key]], dtype=np.int64)
+                 for key in ("label", "predicted", "has_copy_outside_test"))
+
+
+def accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
+    return float((labels == predicted).mean())
+
+
+def macro_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """scikit-learn's macro F1 (classes seen in either array), fast enough to resample."""
+    classes = np.union1d(labels, predicted)
+    hits = np.array([np.sum((labels == c) & (predicted == c)) for c in classes])
+    totals = np.array([np.sum(labels == c) + np.sum(predicted == c) for c in classes])
+    return float(np.mean(2 * hits / totals))
+
+
+def removed(dedup: dict) -> str:
+    if "left_in" in dedup:
+        left = dedup["left_in"]
+        return (f"none (left in: {left['exact']} / {left['pixel']} / {left['near']} / "
+                f"{left['conflict']})")
+    return " / ".join(str(dedup[k]) for k in ("exact_duplicates", "pixel_duplicates",
+                                                "near_duplicates", "conflicts"))
+
+
+def recipe(run: dict) -> str:
+    train, hardware = run["params"]["train"], run["hardware"]
+    where = hardware["gpu"] or f"{hardware['cpu_count']} CPU cores"
+    return (f"{run['params']['prepare']['image_size']} px, {run['train']['epochs_run']} of "
+            f"{train['epochs']} epochs ({train['freeze_epochs']} frozen), {where}")
+
+
+def real_table(runs: dict[str, dict]) -> list[str]:
+    lines = ["| run | recipe | found / kept | removed: exact / pixel / near / conflict | "
+             "train / val / test | val accuracy | test accuracy (95% CI) | "
+             "test macro F1 (95% CI) | shortcut test accuracy | minutes |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, run in runs.items():
+        dedup, split, test = run["dedup"], run["split"], run["evaluate"]["test"]
+        shortcut = run["evaluate"]["shortcut"]["image_statistics"]["accuracy"]
+        lines.append(
+            f"| {name} | {recipe(run)} | {dedup['found']} / {dedup['kept']} | {removed(dedup)} | "
+            f"{split['train']['n']} / {split['val']['n']} / {split['test']['n']} | "
+            f"{fmt(run['evaluate']['val']['accuracy'])} | {interval(test, 'accuracy')} | "
+            f"{interval(test, 'f1_macro')} | {fmt(shortcut)} | {run['total_seconds'] / 60:.0f} |")
+    return lines
+
+
+def original_table(run: dict) -> list[str]:
+    test, split = run["evaluate"]["test"], run["split"]
+    n, errors = ORIGINAL["test_n"], ORIGINAL["test_errors"]
+    low, high = wilson_interval(n - errors, n)
+    shortcut = run["evaluate"]["shortcut"]
+    per_split = " / ".join(
+        f"{split[s]['n']} ({', '.join(f'{v} {c}' for c, v in split[s]['per_class'].items())})"
+        for s in ("train", "val", "test"))
+    return [
+        "| | original notebook | this pipeline (`a_original`) |", "|---|---|---|",
+        f"| images | {ORIGINAL['images']} | {run['dedup']['found']} "
+        f"({', '.join(f'{c}' for c in run['params']['classes'])}) |",
+        f"| de-duplication | MD5 only | {run['dedup']['kept']} kept; exact / pixel / near / "
+        f"conflict removed: {removed(run['dedup'])} |",
+        "| split (train / val / test) | 70 / 15 / 15, random | "
+        f"{per_split}; whole patients and similarity groups |",
+        f"| test accuracy (95% CI) | {1 - errors / n:.4f} ({low:.4f} to {high:.4f}), "
+        f"n {n} | {interval(test, 'accuracy')}, n {test['n']} |",
+        f"| test macro F1 (95% CI) | not reported | {interval(test, 'f1_macro')} |",
+        "| logistic regression on colour statistics + size / on size alone | not run | "
+        f"{fmt(shortcut['image_statistics']['accuracy'])} / "
+        f"{fmt(shortcut['size_only']['accuracy'])} |",
+    ]
+
+
+def leakage_lines(task: str, base: dict, leaky: dict, change: str) -> list[str]:
+    first, second = decoded(base)[:2], decoded(leaky)[:2]
+    lines = [f"**Task {task}** ({change}; `{base['run']}` vs `{leaky['run']}`, same model and "
+             "budget):", "",
+             "| metric | leakage controlled | leaky | leaky minus controlled (95% CI) |",
+             "|---|---|---|---|"]
+    worth = []
+    for label, metric, key in (("test accuracy", accuracy, "accuracy"),
+                               ("test macro F1", macro_f1, "f1_macro")):
+        value, (low, high) = difference_interval(first, second, metric, 2000, seed=0)
+        lines.append(f"| {label} | {interval(base['evaluate']['test'], key)} | "
+                     f"{interval(leaky['evaluate']['test'], key)} | "
+                     f"{value:+.4f} ({low:+.4f} to {high:+.4f}) |")
+        verdict = ("inflated" if low > 0 else "lowered" if high < 0 else "changed")
+        worth.append(f"{verdict} {label} by {100 * value:+.1f} points (95% CI "
+                     f"{100 * low:+.1f} to {100 * high:+.1f}"
+                     + (": no measurable change)" if low <= 0 <= high else ")"))
+    labels, predicted, copied = decoded(leaky)
+    lines += ["", f"What leakage was worth on task {task}: it {worth[0]}, and {worth[1]}."]
+    if copied.any():
+        parts = []
+        for name, mask in (("with", copied == 1), ("without", copied == 0)):
+            right, n = int((labels[mask] == predicted[mask]).sum()), int(mask.sum())
+            low, high = wilson_interval(right, n)
+            parts.append(f"{right / max(n, 1):.4f} ({low:.4f} to {high:.4f}) on the {n} test "
+                         f"images {name} a copy on the training side")
+        lines.append(f"In the leaky run, accuracy was {parts[0]}, and {parts[1]}.")
+    if "patients" in leaky and "patients" in base:
+        shared = [f"{run['patients']['test_also_in_train_or_val']} of its "
+                  f"{run['patients']['test']} test patients" for run in (leaky, base)]
+        lines.append(f"The leaky split had {shared[0]} with images in train or val too; the "
+                     f"controlled split {shared[1]}.")
+    leaks = leaky["split"].get("leaks")
+    if leaks is not None:
+        lines.append(f"The leaky split had {leaks['pairs']} cross-split leaks (file, pixel or "
+                     f"near copies); {leaks['test_images_with_copy']} of "
+                     f"{leaky['split']['test']['n']} test images had a copy in train or val.")
+    return lines
+
+
+def real_markdown(root: Path) -> str:
+    runs = real_runs(root)
+    if not runs:
+        return "No results files yet: run `benchmarks/real/run.py`."
+    lines = real_table(runs)
+    if "a_original" in runs:
+        lines += ["", "**Task A**, the original study beside ours:", ""]
+        lines += original_table(runs["a_original"])
+    for task, (base, leaky, change) in COMPARISONS.items():
+        if base in runs and leaky in runs:
+            lines += ["", *leakage_lines(task, runs[base], runs[leaky], change)]
+    return "\n".join(lines)
+
+
 def with_section(readme: str, begin: str, end: str, body: str) -> str:
     head, rest = readme.split(begin, 1)
     _, tail = rest.split(end, 1)
@@ -181,7 +331,8 @@ def with_results(readme: str, root: Path) -> str:
     readme = with_section(readme, LOADER_BEGIN, LOADER_END, loader_markdown(root))
     readme = with_section(readme, TRAIN_BEGIN, TRAIN_END, train_markdown(root))
     readme = with_section(readme, DVC_BEGIN, DVC_END, dvc_markdown(root))
-    return with_section(readme, INFERENCE_BEGIN, INFERENCE_END, inference_markdown(root))
+    readme = with_section(readme, INFERENCE_BEGIN, INFERENCE_END, inference_markdown(root))
+    return with_section(readme, REAL_BEGIN, REAL_END, real_markdown(root))
 
 
 def main() -> int:

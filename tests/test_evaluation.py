@@ -16,6 +16,7 @@ from sklearn.metrics import (
 
 from medimg.evaluation import (
     bootstrap_interval,
+    difference_interval,
     error_analysis,
     expected_calibration_error,
     full_metrics,
@@ -97,6 +98,25 @@ def test_bootstrap_keeps_class_counts_and_brackets_the_value() -> None:
     low, high = bootstrap_interval(labels, probs, count_positive, resamples=100, seed=0)
     assert set(seen) == {int(labels.sum())}
     assert low < roc_auc_score(labels, probs[:, 1]) < high
+
+
+def test_difference_interval_matches_the_normal_approximation() -> None:
+    def planted(n: int, accuracy: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.random.default_rng(seed).integers(0, 2, n)
+        wrong = np.arange(n) < round(n * (1 - accuracy))
+        return labels, np.where(wrong, 1 - labels, labels)
+
+    def accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
+        return float((labels == predicted).mean())
+
+    first, second = planted(500, 0.9, 0), planted(400, 0.8, 1)
+    value, (low, high) = difference_interval(first, second, accuracy, 4000, seed=0)
+    assert value == pytest.approx(-0.1)
+    half = 1.959964 * np.sqrt(0.9 * 0.1 / 500 + 0.8 * 0.2 / 400)  # Wald, independent sets
+    assert low == pytest.approx(-0.1 - half, abs=0.006)
+    assert high == pytest.approx(-0.1 + half, abs=0.006)
+    same, (low, high) = difference_interval(first, first, accuracy, 1000, seed=0)
+    assert same == 0.0 and low < 0.0 < high
 
 
 def test_expected_calibration_error() -> None:

@@ -60,6 +60,27 @@ def bootstrap_interval(labels: np.ndarray, probs: np.ndarray,
     return (float(low), float(high))
 
 
+def difference_interval(first: tuple[np.ndarray, np.ndarray],
+                        second: tuple[np.ndarray, np.ndarray],
+                        metric: Callable[[np.ndarray, np.ndarray], float], resamples: int,
+                        seed: int) -> tuple[float, tuple[float, float]]:
+    """metric(second) - metric(first) for two independent test sets, each given as
+    (labels, predicted labels), and its 95% percentile interval from resampling both
+    sets within each true class."""
+    rng = np.random.default_rng(seed)
+    members = [[np.flatnonzero(labels == c) for c in np.unique(labels)]
+               for labels, _ in (first, second)]
+
+    def resampled(which: int) -> float:
+        labels, predicted = (first, second)[which]
+        index = np.concatenate([rng.choice(m, size=len(m)) for m in members[which]])
+        return metric(labels[index], predicted[index])
+
+    values = [resampled(1) - resampled(0) for _ in range(resamples)]
+    low, high = np.percentile(values, [2.5, 97.5])
+    return metric(*second) - metric(*first), (float(low), float(high))
+
+
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
     """Gap between confidence and accuracy, averaged over equal-width confidence bins."""
     confidence = probs.max(axis=1)

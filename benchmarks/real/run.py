@@ -1,0 +1,253 @@
+"""Run the unchanged pipeline on the original study's real datasets and record the results.
+
+    python benchmarks/real/run.py RUN [RUN ...] [--data DIR] [--full]
+    python benchmarks/real/run.py --list
+
+RUN is one of the params files next to this script (a_original, b_tumours_clean, ...).
+DIR holds `brain-tumor-mri/` and `breast-idc/` (default: $MEDIMG_REAL_DATA, else
+../shared/datasets beside the repository). Each run gets a scratch workspace under
+benchmarks/real/work/RUN/ with the repository's params.yaml merged with the run's
+`params`, a folder view of the data built from links, and the stage scripts of dvc.yaml
+run in order from it. The figures go to benchmarks/results/real_RUN.json
+(real_RUN_full.json with --full, which also merges the run's `full_recipe`: the original
+study's image size and epochs, meant for a GPU machine).
+"""
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO / "stages"))
+
+from medimg.io import read_json, write_json  # noqa: E402
+from medimg.params import load_params  # noqa: E402
+
+STAGES = ("pretrained", "dedup", "split", "prepare", "train", "evaluate")
+DATASETS = {"mri": "brain-tumor-mri", "idc": "breast-idc"}
+IDC_CLASSES = {"0": "non_idc", "1": "idc"}
+
+
+class UsageError(Exception):
+    """A problem with the arguments or the data folder: one line and exit code 2."""
+
+
+def data_root(given: str | None) -> Path:
+    root = Path(given or os.environ.get("MEDIMG_REAL_DATA") or REPO.parent / "shared/datasets")
+    if not root.is_dir():
+        raise UsageError(f"data folder {root} does not exist; pass --data DIR or set "
+                         "MEDIMG_REAL_DATA to the folder that holds brain-tumor-mri/ and "
+                         "breast-idc/")
+    return root
+
+
+def dataset(root: Path, key: str) -> Path:
+    folder = root / DATASETS[key]
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise UsageError(f"{folder} is missing or empty; this run needs the "
+                         f"{DATASETS[key]} dataset there (see README, 'Results on real data')")
+    return folder
+
+
+def view_mri(root: Path, view: Path) -> None:
+    """The MRI set as it is: Training/<class>/ and Testing/<class>/."""
+    view.symlink_to(dataset(root, "mri"), target_is_directory=True)
+
+
+def view_original(root: Path, view: Path) -> None:
+    """Every MRI image as `mri`, every IDC patch as `breast_histo` (patient folders kept)."""
+    view.mkdir()
+    (view / "mri").symlink_to(dataset(root, "mri"), target_is_directory=True)
+    (view / "breast_histo").symlink_to(dataset(root, "idc"), target_is_directory=True)
+
+
+def view_idc(root: Path, view: Path) -> None:
+    """IDC patches as <non_idc|idc>/<patient>/<file>, one link per patch, since the dataset
+    nests the class folder inside the patient folder."""
+    source = dataset(root, "idc")
+    for patch in sorted(source.glob("*/[01]/*.png")):
+        patient, label = patch.parts[-3], patch.parts[-2]
+        target = view / IDC_CLASSES[label] / patient / patch.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(patch)
+
+
+# View name: how to build it, and the datasets it needs.
+VIEWS: dict[str, tuple[Callable[[Path, Path], None], tuple[str, ...]]] = {
+    "mri": (view_mri, ("mri",)),
+    "original": (view_original, ("mri", "idc")),
+    "idc": (view_idc, ("idc",)),
+}
+
+
+def merged(base: dict, override: dict) -> dict:
+    """`override` merged into `base` section by section (nested dicts merge, values replace)."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = (merged(base[key], value)
+                    if isinstance(value, dict) and isinstance(base.get(key), dict) else value)
+    return out
+
+
+def read_yaml(path: Path) -> dict:
+    with path.open(encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def run_spec(name: str) -> dict:
+    path = HERE / f"{name}.yaml"
+    if not path.is_file():
+        raise UsageError(f"no run '{name}'; runs: {', '.join(available())}")
+    spec = read_yaml(path)
+    if spec.get("view") not in VIEWS:
+        raise UsageError(f"{path}: view must be one of {sorted(VIEWS)}, not {spec.get('view')!r}")
+    return spec
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in HERE.glob("*.yaml"))
+
+
+def stage_commands() -> list[list[str]]:
+    """The stage scripts of dvc.yaml, in pipeline order, as commands for this Python."""
+    stages = read_yaml(REPO / "dvc.yaml")["stages"]
+    return [[sys.executable, str(REPO / stages[name]["cmd"].split()[1])] for name in STAGES]
+
+
+def run_stages(work: Path) -> dict[str, float]:
+    seconds = {}
+    (work / "logs").mkdir()
+    for name, command in zip(STAGES, stage_commands(), strict=True):
+        start = time.perf_counter()
+        with (work / "logs" / f"{name}.log").open("w", encoding="utf-8") as log:
+            done = subprocess.run(command, cwd=work, stdout=log, stderr=subprocess.STDOUT,
+                                  check=False)
+        seconds[name] = round(time.perf_counter() - start, 1)
+        print(f"  {name}: {seconds[name]} s", flush=True)
+        if done.returncode != 0:
+            tail = (work / "logs" / f"{name}.log").read_text(encoding="utf-8")[-2000:]
+            raise SystemExit(f"run.py: stage {name} failed (exit {done.returncode}); "
+                             f"log {work / 'logs' / f'{name}.log'}:\n{tail}")
+    return seconds
+
+
+def hardware() -> dict:
+    import torch
+
+    return {"machine": platform.machine(), "processor": platform.processor() or None,
+            "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def test_predictions(work: Path, classes: list[str]) -> dict:
+    """The test set's labels and predictions as digit strings (label order of `classes`),
+    and which test images have a copy outside the test split: enough to recompute any
+    metric and compare runs without the workspace."""
+    table = pd.read_csv(work / "metrics/predictions.csv", dtype=str, keep_default_na=False)
+    test = table[table["split"] == "test"]
+    leaked = set(pd.read_csv(work / "data/split/leaked_test.csv", dtype=str)["path"])
+    index = {name: str(i) for i, name in enumerate(classes)}
+    return {"label": "".join(test["class"].map(index)),
+            "predicted": "".join(test["predicted"].map(index)),
+            "has_copy_outside_test": "".join("1" if p in leaked else "0" for p in test["path"])}
+
+
+def patients(work: Path, regex: str) -> dict:
+    """How many patients the test split holds, and how many of them also have images in
+    train or val: zero when the split is by patient."""
+    table = pd.read_csv(work / "data/split/split.csv", dtype=str, keep_default_na=False)
+    patient = table["path"].str.extract(regex, expand=False)
+    seen = set(patient[table["split"].isin(["train", "val"])].dropna())
+    test = set(patient[table["split"] == "test"].dropna())
+    return {"test": len(test), "test_also_in_train_or_val": len(test & seen)}
+
+
+def results(name: str, spec: dict, params: dict, work: Path, seconds: dict, full: bool) -> dict:
+    metrics = work / "metrics"
+    train = read_json(metrics / "train/metrics.json")
+    evaluate = read_json(metrics / "evaluate.json")
+    return {
+        "run": name,
+        "task": spec["task"],
+        "description": spec["description"],
+        "recipe": "full" if full else "cpu_budget",
+        "command": f"python benchmarks/real/run.py {name}{' --full' if full else ''}",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                                 capture_output=True, text=True, check=False).stdout.strip(),
+        "hardware": hardware(),
+        "params": {key: params[key] for key in ("classes", "data", "dedup", "split", "prepare",
+                                                 "model", "train")},
+        "stage_seconds": seconds,
+        "total_seconds": round(sum(seconds.values()), 1),
+        "dedup": read_json(metrics / "dedup.json"),
+        "split": read_json(metrics / "split.json"),
+        "train": {"epochs_run": train["step"] + 1, "best": train["best"]},
+        "evaluate": {key: evaluate[key] for key in ("val", "test", "shortcut")},
+        "test_predictions": test_predictions(work, params["classes"]),
+        **({"patients": patients(work, spec["patient_regex"])} if "patient_regex" in spec
+           else {}),
+    }
+
+
+def run(name: str, root: Path, full: bool, work_root: Path, out_dir: Path) -> Path:
+    spec = run_spec(name)
+    work = work_root / name
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    build, _ = VIEWS[spec["view"]]
+    build(root, work / "view")
+    override = merged(spec["params"], spec.get("full_recipe", {})) if full else spec["params"]
+    params = merged(read_yaml(REPO / "params.yaml"), override)
+    params["data"]["raw_dir"] = "view"
+    with (work / "params.yaml").open("w", encoding="utf-8") as handle:
+        yaml.safe_dump(params, handle, sort_keys=False)
+    load_params(work / "params.yaml")  # a bad key in the run's file stops here, in one line
+    print(f"{name}: workspace {work}", flush=True)
+    seconds = run_stages(work)
+    out = out_dir / f"real_{name}{'_full' if full else ''}.json"
+    write_json(out, results(name, spec, params, work, seconds, full))
+    print(f"{name}: {out} ({sum(seconds.values()):.0f} s)", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="*", help="run names (params files in benchmarks/real)")
+    parser.add_argument("--data", help="folder with brain-tumor-mri/ and breast-idc/")
+    parser.add_argument("--full", action="store_true", help="the original recipe (GPU)")
+    parser.add_argument("--list", action="store_true", help="list the runs and exit")
+    parser.add_argument("--work", type=Path, default=HERE / "work", help="workspaces")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results",
+                        help="folder for the results files")
+    args = parser.parse_args(argv)
+    try:
+        if args.list or not args.runs:
+            for name in available():
+                print(f"{name}: {run_spec(name)['description']}")
+            return
+        root = data_root(args.data)
+        for name in args.runs:  # a typo or a missing dataset fails before hours of work
+            for key in VIEWS[run_spec(name)["view"]][1]:
+                dataset(root, key)
+    except UsageError as err:
+        parser.exit(2, f"run.py: {err}\n")
+    for name in args.runs:
+        run(name, root, args.full, args.work.resolve(), args.out)
+
+
+if __name__ == "__main__":
+    main()
