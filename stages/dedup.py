@@ -69,8 +69,8 @@ def main() -> None:
     limits = Thresholds(dedup.near_hamming, dedup.near_correlation,
                         prefer_origin=params.split.respect_existing)
     kept, removed = deduplicate(images, thumbs, limits)
-    found_matches = removed["match"].value_counts()
     if not dedup.enabled:  # the leaky baseline: everything stays, copies are only counted
+        left_in = removed["match"].value_counts()
         kept, removed = images.sort_values("path").reset_index(drop=True), removed.iloc[:0]
     row = {path: i for i, path in enumerate(images["path"])}
     kept_thumbs = thumbs[[row[p] for p in kept["path"]]]
@@ -92,7 +92,7 @@ def main() -> None:
     }
     assert counts["found"] == sum(v for k, v in counts.items() if k != "found"), counts
     if not dedup.enabled:
-        counts["left_in"] = {match: int(found_matches.get(match, 0))
+        counts["left_in"] = {match: int(left_in.get(match, 0))
                              for match in ("exact", "pixel", "near", "conflict")}
     write_csv(OUT_DIR / "catalog.csv", kept)
     write_npy(OUT_DIR / "thumbs.npy", kept_thumbs)
