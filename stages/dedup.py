@@ -1,9 +1,12 @@
 """Stage `dedup`: catalog the raw images, reject broken files, remove exact, pixel and near
-duplicates and label conflicts, and join the split groups of similar images.
+duplicates (edited copies included) and label conflicts, and join the split groups of
+similar images.
 
 Writes data/dedup/{catalog,duplicates,rejects,ignored}.csv, the catalog's 64x64 greyscale
-thumbnails (thumbs.npy, in catalog order, for the split's leakage check) and
-metrics/dedup.json, where `found` equals the sum of every other count. With
+thumbnails (thumbs.npy, in catalog order, for the split's leakage check),
+metrics/dedup.json, where `found` equals the sum of every other count and `similarity`
+describes the similarity groups, and contact sheets to check it all by eye
+(plots/dedup/duplicates_*.png, conflicts_*.png, similarity_*.png). With
 `dedup.enabled: false` nothing is removed and `left_in` counts the copies that stayed.
 """
 
@@ -20,13 +23,17 @@ from medimg.catalog import (
     deduplicate,
     describe_all,
     similarity_groups,
+    similarity_report,
     walk_dataset,
 )
+from medimg.contact import Tile, write_sheets
 from medimg.io import write_csv, write_json, write_npy
 from medimg.params import DataParams, DedupParams, load_params
 
 OUT_DIR = Path("data/dedup")
 METRICS = Path("metrics/dedup.json")
+SHEETS = Path("plots/dedup")
+LARGEST_GROUPS = 25  # similarity groups shown besides those that span classes
 
 
 def read_groups_file(raw_dir: Path, name: str | None) -> pd.DataFrame | None:
@@ -43,20 +50,53 @@ def use_similarity(dedup: DedupParams, data: DataParams, groups_table: pd.DataFr
     return dedup.similarity == "on"
 
 
+def review(raw_dir: Path, kept: pd.DataFrame, removed: pd.DataFrame, limit: int,
+           max_pixels: int, workers: int) -> None:
+    """Contact sheets: each removed copy beside the image it duplicates (weakest matches
+    first), each label-conflict group, and the similarity groups that span classes and
+    the LARGEST_GROUPS largest, at most `limit` rows of each kind."""
+    def tiles(rows: pd.DataFrame) -> list[Tile]:
+        return [Tile(raw_dir / path, f"{path}\n{label}")
+                for path, label in zip(rows["path"], rows["class"], strict=True)]
+
+    copies = removed[removed["match"] != "conflict"]
+    copies = copies.assign(level=copies["match"].map({"near": 0, "pixel": 1, "exact": 2}))
+    copies = copies.sort_values(["level", "correlation", "path"]).head(limit)
+    pairs = [(" ".join(filter(None, [r.match, r.edit, f"{r.correlation:.3f}"])),
+              [Tile(raw_dir / r.representative, f"{r.representative}\nkept"),
+               Tile(raw_dir / r.path, f"{r.path}\nremoved")])
+             for r in copies.itertuples()]
+    conflicts = [(f"conflict: {', '.join(sorted(set(group['class'])))}", tiles(group))
+                 for _, group in removed[removed["match"] == "conflict"].groupby("representative")]
+    joined = kept[kept["group_source"] == "similarity"]
+    ranked = joined.groupby("group")["class"].agg(["nunique", "size"]).sort_values(
+        ["nunique", "size"], ascending=False)
+    ranked = ranked[ranked["nunique"] > 1].head(limit).combine_first(
+        ranked.head(LARGEST_GROUPS)).sort_values(["nunique", "size"], ascending=False)
+    similar = [(f"{size} images, {classes} class{'es' if classes > 1 else ''}",
+                tiles(joined[joined["group"] == group]))
+               for group, classes, size in ranked.itertuples()]
+    for stem, rows in (("duplicates", pairs), ("conflicts", conflicts[:limit]),
+                       ("similarity", similar)):
+        write_sheets(SHEETS, stem, rows, max_pixels=max_pixels, workers=workers)
+
+
 def main() -> None:
     params = load_params()
     data, dedup = params.data, params.dedup
     raw_dir = Path(data.raw_dir)
     skip = frozenset([data.groups_file] if data.groups_file else [])
     walk = walk_dataset(raw_dir, params.classes, data.class_level, skip=skip)
+    workers = dedup.workers or os.cpu_count() or 1
     described = describe_all(raw_dir, [c.path for c in walk.candidates], dedup.min_side,
-                             dedup.max_pixels, dedup.workers or os.cpu_count() or 1)
+                             dedup.max_pixels, workers)
     rejects = pd.DataFrame([d for d in described if "reason" in d], columns=["path", "reason"])
     usable = [d for d in described if "reason" not in d]
     if not usable:
         raise DatasetError(f"{raw_dir}: none of {len(described)} images could be used; "
                            f"first reason: {rejects['reason'].iat[0]}")
     thumbs = np.stack([d.pop("thumb") for d in usable])
+    greys, views = [d.pop("grey") for d in usable], [d.pop("views") for d in usable]
     images = pd.DataFrame(usable)
     where = {c.path: c for c in walk.candidates}
     images.insert(1, "class", [where[p].label_name for p in images["path"]])
@@ -66,9 +106,9 @@ def main() -> None:
     group, source = assign_groups(images["path"], groups_table, data.group_regex)
     images.insert(4, "group", group)
     images.insert(5, "group_source", source)
-    limits = Thresholds(dedup.near_hamming, dedup.near_correlation,
-                        prefer_origin=params.split.respect_existing)
-    kept, removed = deduplicate(images, thumbs, limits)
+    limits = Thresholds(dedup.near_hamming, dedup.near_correlation, dedup.edit_hamming,
+                        dedup.edit_correlation, prefer_origin=params.split.respect_existing)
+    kept, removed = deduplicate(images, thumbs, greys, views, limits, workers)
     if not dedup.enabled:  # the leaky baseline: everything stays, copies are only counted
         left_in = removed["match"].value_counts()
         kept, removed = images.sort_values("path").reset_index(drop=True), removed.iloc[:0]
@@ -76,7 +116,8 @@ def main() -> None:
     kept_thumbs = thumbs[[row[p] for p in kept["path"]]]
     if dedup.enabled and use_similarity(dedup, data, groups_table):
         kept["group"], kept["group_source"] = similarity_groups(
-            kept, kept_thumbs, dedup.similar_hamming, dedup.similar_correlation)
+            kept, kept_thumbs, dedup.similar_hamming, dedup.similar_correlation,
+            dedup.similar_linkage)
     ignored = pd.DataFrame(walk.ignored, columns=["path", "reason"])
 
     matches = removed["match"].value_counts()
@@ -94,13 +135,19 @@ def main() -> None:
     if not dedup.enabled:
         counts["left_in"] = {match: int(left_in.get(match, 0))
                              for match in ("exact", "pixel", "near", "conflict")}
+    counts["similarity"] = similarity_report(kept)
     write_csv(OUT_DIR / "catalog.csv", kept)
     write_npy(OUT_DIR / "thumbs.npy", kept_thumbs)
     write_csv(OUT_DIR / "duplicates.csv", removed)
     write_csv(OUT_DIR / "rejects.csv", rejects)
     write_csv(OUT_DIR / "ignored.csv", ignored)
+    if dedup.review_limit:
+        review(raw_dir, kept, removed, dedup.review_limit, dedup.max_pixels, workers)
     write_json(METRICS, counts)
-    print("dedup: " + ", ".join(f"{key} {value}" for key, value in counts.items()))
+    print("dedup: " + ", ".join(f"{key} {value}" for key, value in counts.items()
+                                if key != "similarity"))
+    print("dedup: similarity groups: " + ", ".join(
+        f"{key} {value}" for key, value in counts["similarity"].items()))
     if not dedup.enabled:
         print("dedup: dedup.enabled is false: duplicates and conflicts were kept")
 

@@ -3,8 +3,9 @@ optionally k-fold or respecting a dataset's own test folder, and proof that noth
 crosses the splits.
 
 Writes data/split/split.csv (the catalog plus a `split` column, in catalog order),
-data/split/closest_pairs.csv, data/split/test_copies.csv, data/split/leaks.csv,
-data/split/leaked_test.csv and metrics/split.json. Fails, naming the pairs, if any group,
+data/split/closest_pairs.csv with its contact sheets plots/split/closest_pairs_*.png,
+data/split/test_copies.csv, data/split/leaks.csv, data/split/leaked_test.csv and
+metrics/split.json. Fails, naming the pairs, if any group,
 file hash, pixel hash or near duplicate crosses splits, unless dedup.enabled is false:
 then the leaks are counted.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medimg.contact import Tile, write_sheets
 from medimg.io import write_csv, write_json
 from medimg.params import load_params
 from medimg.splitting import EXCLUDED, SPLITS, assign_splits, closest_pairs, leakage
@@ -21,6 +23,7 @@ from medimg.splitting import EXCLUDED, SPLITS, assign_splits, closest_pairs, lea
 DEDUP = Path("data/dedup")
 OUT_DIR = Path("data/split")
 METRICS = Path("metrics/split.json")
+SHEETS = Path("plots/split")
 
 
 def split_table(table: pd.DataFrame, classes: list[str]) -> dict:
@@ -66,6 +69,16 @@ def leaked_test_images(table: pd.DataFrame, offenders: pd.DataFrame) -> pd.DataF
     return pd.concat(rows, ignore_index=True).drop_duplicates().sort_values(["path", "kind"])
 
 
+def review(raw_dir: Path, pairs: pd.DataFrame, max_pixels: int) -> None:
+    """Contact sheets of the closest cross-split pairs, the leakage left to judge by eye."""
+    rows = [(f"{r.split_a} / {r.split_b}\npHash {r.phash_distance}, detail "
+             f"{r.detail_correlation:.3f}",
+             [Tile(raw_dir / r.a, f"{r.a}\n{r.split_a}"),
+              Tile(raw_dir / r.b, f"{r.b}\n{r.split_b}")])
+            for r in pairs.itertuples()]
+    write_sheets(SHEETS, "closest_pairs", rows, max_pixels=max_pixels)
+
+
 def main() -> None:
     params = load_params()
     table = pd.read_csv(DEDUP / "catalog.csv", dtype={"group": str, "origin": str},
@@ -104,7 +117,11 @@ def main() -> None:
     else:
         copies = pd.DataFrame(columns=["test_image", "removed_copy", "match", "correlation"])
     write_csv(OUT_DIR / "split.csv", table)
-    write_csv(OUT_DIR / "closest_pairs.csv", closest_pairs(table, thumbs, split.closest_pairs))
+    closest = closest_pairs(table, thumbs, split.closest_pairs)
+    write_csv(OUT_DIR / "closest_pairs.csv", closest)
+    if params.dedup.review_limit:
+        review(Path(params.data.raw_dir), closest.head(params.dedup.review_limit),
+               params.dedup.max_pixels)
     write_csv(OUT_DIR / "test_copies.csv", copies)
     write_csv(OUT_DIR / "leaks.csv", offenders)
     write_csv(OUT_DIR / "leaked_test.csv", leaked)

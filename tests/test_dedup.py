@@ -13,6 +13,7 @@ import dedup
 import split
 from conftest import REPO, noise_image, save
 from medimg.catalog import DatasetError, Thresholds, assign_groups, deduplicate, walk_dataset
+from medimg.edits import view_hashes
 from medimg.perceptual import detail_correlation, near_pairs, phash
 
 
@@ -28,10 +29,13 @@ def use_dataset(tmp_path: Path, monkeypatch, classes: list[str], **data) -> Path
 
 
 def run_dedup() -> tuple[dict, dict[str, pd.DataFrame]]:
+    """Run the stage; its counts (without the similarity report) and its tables."""
     dedup.main()
     tables = {name: pd.read_csv(f"data/dedup/{name}.csv", dtype=str, keep_default_na=False)
               for name in ("catalog", "duplicates", "rejects", "ignored")}
-    return json.loads(Path("metrics/dedup.json").read_text()), tables
+    counts = json.loads(Path("metrics/dedup.json").read_text())
+    counts.pop("similarity")
+    return counts, tables
 
 
 def test_exact_pixel_and_conflict_duplicates(tmp_path, monkeypatch) -> None:
@@ -196,8 +200,10 @@ def test_near_groups_do_not_chain() -> None:
         "group": ["gA", "gB", "gC"], "group_source": "image",
         "sha256": ["1", "2", "3"], "pixel_sha256": ["1", "2", "3"],
         "phash": [f"{phash(t):016x}" for t in thumbs], "width": 64, "height": 64})
-    kept, removed = deduplicate(table, thumbs, Thresholds(near_hamming=64,
-                                                          near_correlation=threshold))
+    limits = Thresholds(near_hamming=64, near_correlation=threshold, edit_hamming=64,
+                        edit_correlation=1.0)  # every pair is an edit candidate, none passes
+    kept, removed = deduplicate(table, thumbs, list(thumbs), [view_hashes(t) for t in thumbs],
+                                limits)
     assert kept["path"].tolist() == ["a/A.png", "a/C.png"]
     assert removed[["path", "match", "representative"]].values.tolist() == [
         ["a/B.png", "near", "a/A.png"]]

@@ -50,8 +50,12 @@ class Decoded:
     mode: str  # Pillow mode before conversion: L, RGBA, I;16, CMYK, ...
 
 
-def load_image(path: Path | str, max_pixels: int | None = None) -> Decoded:
-    """Decode an image file to upright 8-bit RGB, or raise ImageError with a reason."""
+def load_image(path: Path | str, max_pixels: int | None = None,
+               draft: int | None = None) -> Decoded:
+    """Decode an image file to upright 8-bit RGB, or raise ImageError with a reason.
+
+    With `draft`, a JPEG may be decoded at a reduced scale whose sides stay at least
+    `draft` pixels (for previews; every stage decodes at full size)."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -62,6 +66,8 @@ def load_image(path: Path | str, max_pixels: int | None = None) -> Decoded:
                 width, height = image.size
                 if max_pixels is not None and width * height > max_pixels:
                     raise ImageError(f"too many pixels ({width}x{height} > {max_pixels})")
+                if draft is not None:
+                    image.draft(image.mode, (draft, draft))
                 image.load()
                 stored_format, stored_mode = image.format or "", image.mode
                 upright = ImageOps.exif_transpose(image)
@@ -75,6 +81,7 @@ def load_image(path: Path | str, max_pixels: int | None = None) -> Decoded:
         raise ImageError(f"unreadable image: {err}") from err
 
 
-def load_rgb(path: Path | str, max_pixels: int | None = None) -> np.ndarray:
+def load_rgb(path: Path | str, max_pixels: int | None = None,
+             draft: int | None = None) -> np.ndarray:
     """Decode an image file to an H x W x 3 uint8 array, or raise ImageError with a reason."""
-    return load_image(path, max_pixels).pixels
+    return load_image(path, max_pixels, draft).pixels

@@ -64,9 +64,13 @@ class DedupParams(Section):
     workers: NonNegativeInt
     near_hamming: Annotated[int, Field(strict=True, ge=0, le=64)]
     near_correlation: Fraction
+    edit_hamming: Annotated[int, Field(strict=True, ge=0, le=64)]
+    edit_correlation: Fraction
     similarity: Literal["auto", "on", "off"]
     similar_hamming: Annotated[int, Field(strict=True, ge=0, le=64)]
     similar_correlation: Fraction
+    similar_linkage: Fraction
+    review_limit: NonNegativeInt
 
 
 class SplitParams(Section):

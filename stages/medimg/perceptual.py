@@ -13,14 +13,21 @@ from scipy.fft import dctn
 from scipy.ndimage import gaussian_filter
 
 THUMB_SIZE = 64  # greyscale thumbnail for the pixel checks; pHash uses it at 32x32
+DETAIL_SIGMA = 1.5  # fine detail: the thumbnail minus its blur of this width
 HASH_BITS = 64
 _MAX_TABLE_BITS = 24  # a dense bucket table of 2**24 entries is 128 MiB of int64
 
 
-def thumbnail(rgb: np.ndarray) -> np.ndarray:
-    """64x64 greyscale by area averaging: the input of pHash and of the pixel checks."""
-    grey = Image.fromarray(rgb).convert("L")
-    return np.asarray(grey.resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.BOX))
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """Greyscale as Pillow's L mode computes it (ITU-R 601-2 luma)."""
+    return np.asarray(Image.fromarray(rgb).convert("L"))
+
+
+def thumbnail(grey: np.ndarray) -> np.ndarray:
+    """64x64 of a greyscale image by area averaging: the input of pHash and of the pixel
+    checks."""
+    small = Image.fromarray(grey).resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.BOX)
+    return np.asarray(small)
 
 
 def phash(thumb: np.ndarray) -> int:
@@ -50,16 +57,29 @@ def detail_correlation(a: np.ndarray, b: np.ndarray) -> float:
     plain correlation reaches 0.999, stay at 0.98 and below: this is the near-duplicate
     check, with its threshold (dedup.near_correlation) between the two.
     """
-    def detail(thumb: np.ndarray) -> np.ndarray:
-        values = thumb.astype(np.float64)
-        return values - gaussian_filter(values, sigma=1.5)
-
     if np.array_equal(a, b):
         return 1.0
-    return correlation(detail(a), detail(b))
+    return correlation(detail_of(a), detail_of(b))
 
 
-def _band_plan(n: int, max_distance: int) -> tuple[int, int]:
+def detail_of(thumb: np.ndarray) -> np.ndarray:
+    """Fine detail of a thumbnail: the thumbnail minus its blur."""
+    values = thumb.astype(np.float64)
+    return values - gaussian_filter(values, sigma=DETAIL_SIGMA)
+
+
+def detail_vectors(thumbs: np.ndarray) -> np.ndarray:
+    """Each thumbnail's fine detail as a unit vector, so that a dot product is the two
+    thumbnails' `detail_correlation` (unless they are identical: that scores 1)."""
+    values = thumbs.astype(np.float32)
+    blurred = gaussian_filter(values, sigma=(0, DETAIL_SIGMA, DETAIL_SIGMA))
+    detail = (values - blurred).reshape(len(thumbs), THUMB_SIZE * THUMB_SIZE)
+    detail -= detail.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(detail, axis=1, keepdims=True)
+    return np.divide(detail, norms, out=np.zeros_like(detail), where=norms > 0)
+
+
+def _band_plan(queries: int, entries: int, max_distance: int) -> tuple[int, int]:
     """Number of bands and per-band radius with the least expected work.
 
     Split 64 bits into k bands: two hashes within `max_distance` agree within
@@ -73,7 +93,7 @@ def _band_plan(n: int, max_distance: int) -> tuple[int, int]:
             continue
         radius = max_distance // bands
         probes = sum(comb(width, r) for r in range(radius + 1))
-        cost = bands * probes * n * (1.0 + n / 2.0**width)
+        cost = bands * probes * queries * (1.0 + entries / 2.0**width)
         if cost < best[0]:
             best = (cost, bands)
     return best[1], max_distance // best[1]
@@ -84,39 +104,51 @@ def _flips(width: int, radius: int) -> list[int]:
             for r in range(radius + 1) for bits in combinations(range(width), r)]
 
 
-def near_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
-    """All index pairs (i < j) whose hashes differ in at most `max_distance` bits.
+def near_pairs_between(queries: np.ndarray, entries: np.ndarray, max_distance: int,
+                       chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """All (query, entry) index pairs whose hashes differ in at most `max_distance` bits.
 
-    Multi-index hashing: bucket each band of the hash in a dense table and probe the
-    buckets within the band's radius, so the work grows with the number of true
-    neighbours, not with the square of the number of images.
+    Multi-index hashing: bucket each band of the entries' hashes in a dense table and
+    probe the buckets within the band's radius, so the work grows with the number of true
+    neighbours, not with the product of the two counts. Queries go in chunks to bound
+    memory.
     """
-    hashes = np.asarray(hashes, dtype=np.uint64)
-    n = len(hashes)
-    if n < 2:
+    queries = np.asarray(queries, dtype=np.uint64)
+    entries = np.asarray(entries, dtype=np.uint64)
+    if len(queries) == 0 or len(entries) == 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-    bands, radius = _band_plan(n, max_distance)
+    bands, radius = _band_plan(len(queries), len(entries), max_distance)
     width = -(-HASH_BITS // bands)
     found = []
     for band in range(bands):
         shift = band * width
         bits = min(width, HASH_BITS - shift)
-        keys = ((hashes >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.int64)
+        mask = np.uint64((1 << bits) - 1)
+        keys = ((entries >> np.uint64(shift)) & mask).astype(np.int64)
         order = np.argsort(keys, kind="stable")
         counts = np.bincount(keys, minlength=1 << bits)
         starts = np.cumsum(counts) - counts
-        for flip in _flips(bits, radius):
-            probe = keys ^ flip
-            sizes = counts[probe]
-            total = int(sizes.sum())
-            if total == 0:
-                continue
-            src = np.repeat(np.arange(n), sizes)
-            offsets = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-            dst = order[np.repeat(starts[probe], sizes) + offsets]
-            keep = src < dst
-            src, dst = src[keep], dst[keep]
-            close = np.bitwise_count(hashes[src] ^ hashes[dst]) <= max_distance
-            found.append(src[close] * n + dst[close])
+        flips = _flips(bits, radius)
+        for first in range(0, len(queries), chunk):
+            part = queries[first:first + chunk]
+            part_keys = ((part >> np.uint64(shift)) & mask).astype(np.int64)
+            for flip in flips:
+                probe = part_keys ^ flip
+                sizes = counts[probe]
+                total = int(sizes.sum())
+                if total == 0:
+                    continue
+                src = np.repeat(np.arange(len(part)), sizes)
+                offsets = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+                dst = order[np.repeat(starts[probe], sizes) + offsets]
+                close = np.bitwise_count(part[src] ^ entries[dst]) <= max_distance
+                found.append((src[close] + first) * len(entries) + dst[close])
     pairs = np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
-    return pairs // n, pairs % n
+    return pairs // len(entries), pairs % len(entries)
+
+
+def near_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """All index pairs (i < j) whose hashes differ in at most `max_distance` bits."""
+    first, second = near_pairs_between(hashes, hashes, max_distance)
+    keep = first < second
+    return first[keep], second[keep]
