@@ -52,16 +52,16 @@ def use_similarity(dedup: DedupParams, data: DataParams, groups_table: pd.DataFr
 
 def review(raw_dir: Path, kept: pd.DataFrame, removed: pd.DataFrame, limit: int,
            max_pixels: int, workers: int) -> None:
-    """Contact sheets: each removed copy beside the image it duplicates (weakest matches
-    first), each label-conflict group, and the similarity groups that span classes and
-    the LARGEST_GROUPS largest, at most `limit` rows of each kind."""
+    """Contact sheets of what needs an eye: each near duplicate (edited copies included)
+    beside the image it duplicates, weakest match first (byte- and pixel-identical copies
+    are proven by their hashes and only listed in duplicates.csv), each label-conflict
+    group, and the similarity groups that span classes and the LARGEST_GROUPS largest; at
+    most `limit` rows of each kind."""
     def tiles(rows: pd.DataFrame) -> list[Tile]:
         return [Tile(raw_dir / path, f"{path}\n{label}")
                 for path, label in zip(rows["path"], rows["class"], strict=True)]
 
-    copies = removed[removed["match"] != "conflict"]
-    copies = copies.assign(level=copies["match"].map({"near": 0, "pixel": 1, "exact": 2}))
-    copies = copies.sort_values(["level", "correlation", "path"]).head(limit)
+    copies = removed[removed["match"] == "near"].sort_values(["correlation", "path"]).head(limit)
     pairs = [(" ".join(filter(None, [r.match, r.edit, f"{r.correlation:.3f}"])),
               [Tile(raw_dir / r.representative, f"{r.representative}\nkept"),
                Tile(raw_dir / r.path, f"{r.path}\nremoved")])

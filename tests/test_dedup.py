@@ -12,6 +12,7 @@ from scipy.ndimage import gaussian_filter
 import dedup
 import split
 from conftest import REPO, noise_image, save
+from medimg import perceptual
 from medimg.catalog import DatasetError, Thresholds, assign_groups, deduplicate, walk_dataset
 from medimg.edits import view_hashes
 from medimg.perceptual import detail_correlation, near_pairs, phash
@@ -279,6 +280,22 @@ def test_near_pairs_equal_brute_force() -> None:
         expected = np.argwhere(np.triu(distances <= limit, k=1))
         assert sorted(zip(first.tolist(), second.tolist(), strict=True)) == \
             sorted(map(tuple, expected.tolist()))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_near_pairs_between_equal_brute_force(monkeypatch, workers) -> None:
+    monkeypatch.setattr(perceptual, "_PARALLEL_QUERIES", 0)  # take the pool with 2 workers
+    rng = np.random.default_rng(4)
+    entries = rng.integers(0, 2**64, 3000, dtype=np.uint64, endpoint=False)
+    queries = rng.integers(0, 2**64, 300, dtype=np.uint64, endpoint=False)
+    for i in range(0, 300, 3):
+        flips = rng.choice(64, rng.integers(0, 9), replace=False)
+        queries[i] = entries[i * 7] ^ np.uint64(sum(1 << int(bit) for bit in flips))
+    distances = np.bitwise_count(queries[:, None] ^ entries[None, :])
+    for limit in (0, 3, 6, 8):
+        asked, found = perceptual.near_pairs_between(queries, entries, limit, workers)
+        assert sorted(zip(asked.tolist(), found.tolist(), strict=True)) == \
+            sorted(map(tuple, np.argwhere(distances <= limit).tolist()))
 
 
 def leaky_dataset(tmp_path: Path, monkeypatch, enabled: bool) -> Path:

@@ -228,12 +228,12 @@ def confirmed_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
     return first[keep], second[keep], scores[keep]
 
 
-_VIEWS = Views([])  # a check worker's views of the images
+_VIEWS = Views([], [])  # a check worker's views of the images
 
 
-def _share_greys(greys: list[np.ndarray]) -> None:
+def _share_views(greys: list[np.ndarray], shares: list[float]) -> None:
     global _VIEWS
-    _VIEWS = Views(greys)
+    _VIEWS = Views(greys, shares)
 
 
 def _check(hypotheses: list[tuple[int, int, int, int]], min_score: float,
@@ -242,18 +242,19 @@ def _check(hypotheses: list[tuple[int, int, int, int]], min_score: float,
             for copy, kind, original, code in hypotheses]
 
 
-def check_all(greys: list[np.ndarray], hypotheses: list[tuple[int, int, int, int]],
-              min_score: float, workers: int) -> list[tuple[float, str]]:
+def check_all(greys: list[np.ndarray], shares: list[float],
+              hypotheses: list[tuple[int, int, int, int]], min_score: float,
+              workers: int) -> list[tuple[float, str]]:
     """`check_pair` for each (copy, query kind, original, view code), in a process pool
     when workers > 1 and there is enough to do; each worker takes a contiguous share, so
     an image's views are made once there."""
     if workers <= 1 or len(hypotheses) < 256:
-        views = Views(greys)
+        views = Views(greys, shares)
         return [check_pair(views, *hypothesis, min_score) for hypothesis in hypotheses]
     share = -(-len(hypotheses) // (4 * workers))
     chunks = [hypotheses[i:i + share] for i in range(0, len(hypotheses), share)]
-    with ProcessPoolExecutor(max_workers=workers, initializer=_share_greys,
-                             initargs=(greys,)) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_share_views,
+                             initargs=(greys, shares)) as pool:
         done = pool.map(_check, chunks, [min_score] * len(chunks))
         return [result for chunk in done for result in chunk]
 
@@ -273,7 +274,7 @@ def edited_pairs(greys: list[np.ndarray], views: list[ViewHashes], max_distance:
     hashes_q = np.concatenate([v.query for v in views])
     hashes_e = np.concatenate([v.index for v in views])
     codes = np.concatenate([v.code for v in views])
-    at_q, at_e = near_pairs_between(hashes_q, hashes_e, max_distance)
+    at_q, at_e = near_pairs_between(hashes_q, hashes_e, max_distance, workers)
     frames = (QUERY_VIEWS[1] == np.asarray(QUERY_VIEWS)[kinds[at_q]]) & (codes[at_e] == PLAIN)
     keep = (owners_q[at_q] != owners_e[at_e]) & ~frames
     at_q, at_e = at_q[keep], at_e[keep]
@@ -285,7 +286,7 @@ def edited_pairs(greys: list[np.ndarray], views: list[ViewHashes], max_distance:
     hypotheses = [(int(copy[at]), int(kinds[at_q[at]]), int(original[at]), int(codes[at_e[at]]))
                   for at in order[first_of_pair]
                   if (min(copy[at], original[at]), max(copy[at], original[at])) not in known]
-    checked = check_all(greys, hypotheses, min_score, workers)
+    checked = check_all(greys, [v.share for v in views], hypotheses, min_score, workers)
     found = [(i, j, score, edit) for (i, _, j, _), (score, edit) in
              zip(hypotheses, checked, strict=True) if score >= min_score]
     columns = list(zip(*found, strict=True)) if found else [(), (), (), ()]

@@ -132,11 +132,13 @@ def write_sheets(
 
     Each row is a heading (drawn in a column on the left) and its tiles left to right; rows
     longer than 8 tiles are cut at 8 with a '+K more' note under the heading. Stale sheets
-    of this stem are removed first; with no rows nothing is written. Same inputs give the
-    same bytes. Pages are drawn in `workers` processes. Returns the written paths in order."""
+    of this stem are removed first; with no rows nothing is written (but the folder is
+    made). Same inputs give the same bytes. Pages are drawn in `workers` processes.
+    Returns the written paths in order."""
     if rows_per_sheet < 1 or tile < 1:
         raise ValueError("rows_per_sheet and tile must be positive")
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)  # an output folder even with nothing to show
     for stale in sheet_paths(folder, stem):
         stale.unlink()
     pages = [rows[start : start + rows_per_sheet] for start in range(0, len(rows), rows_per_sheet)]

@@ -89,15 +89,17 @@ def _turned(grey: np.ndarray, degrees: float) -> np.ndarray:
     return cv2.warpAffine(grey, matrix, size, flags=cv2.INTER_LINEAR)
 
 
-def view(grey: np.ndarray, index: int, side: int) -> np.ndarray:
-    """View number `index` of VIEWS, squashed to side x side float32."""
+def view(grey: np.ndarray, index: int, side: int,
+         box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """View number `index` of VIEWS, squashed to side x side float32; `box` is the image's
+    foreground_box, when known."""
     _, keep, degrees = VIEWS[index]
     image = _turned(grey, degrees) if degrees else grey
     height, width = image.shape
     if keep:
         cut_x, cut_y = round(width * (1 - keep) / 2), round(height * (1 - keep) / 2)
         box = (cut_x, cut_y, width - cut_x, height - cut_y)
-    else:
+    elif degrees or box is None:
         box = foreground_box(image)
     x0, y0, x1, y1 = box
     crop = image[y0:y1, x0:x1]
@@ -117,26 +119,26 @@ class ViewHashes:
     query: np.ndarray  # uint64 per QUERY_VIEWS entry
     index: np.ndarray  # uint64, distinct values only
     code: np.ndarray  # int16 per index hash: view * 8 + orientation
-    margins: np.ndarray  # float32 left, top, right, bottom margin of the foreground
+    share: float  # content_share of the image
 
 
-def margins(grey: np.ndarray) -> np.ndarray:
-    """The foreground's margins as shares of the frame: left, top, right, bottom."""
-    height, width = grey.shape
-    x0, y0, x1, y1 = foreground_box(grey)
-    return np.array([x0 / width, y0 / height, 1 - x1 / width, 1 - y1 / height],
-                    dtype=np.float32)
+def content_share(grey: np.ndarray, box: tuple[int, int, int, int] | None = None) -> float:
+    """Share of the frame inside the foreground box: a border added to a copy lowers it,
+    and no turn or flip changes it."""
+    x0, y0, x1, y1 = box or foreground_box(grey)
+    return (x1 - x0) * (y1 - y0) / grey.size
 
 
 def view_hashes(grey: np.ndarray) -> ViewHashes:
     """pHashes of every view in every orientation, and the query hashes."""
-    every = _hashes(np.stack([view(grey, number, 32) for number in range(len(VIEWS))])
+    box = foreground_box(grey)
+    every = _hashes(np.stack([view(grey, number, 32, box) for number in range(len(VIEWS))])
                     .astype(np.float64))
     values, first = np.unique(every, return_index=True)
     order = np.argsort(first)  # keep the first view and orientation that gave a value
     return ViewHashes(query=every[[n * len(ORIENTATIONS) for n in QUERY_VIEWS]],
                       index=values[order], code=first[order].astype(np.int16),
-                      margins=margins(grey))
+                      share=content_share(grey, box))
 
 
 def _band_pass(image: np.ndarray) -> np.ndarray:
@@ -191,10 +193,11 @@ def register(original: np.ndarray, copy: np.ndarray, steps: int = 30) -> Registe
 
 class Views:
     """The views of a list of greyscale images, each made once while it is in use (a
-    candidate image is usually checked against several others)."""
+    candidate image is usually checked against several others), and their content_share."""
 
-    def __init__(self, greys: list[np.ndarray], cached: int = 4096) -> None:
-        self.greys = greys
+    def __init__(self, greys: list[np.ndarray], shares: list[float],
+                 cached: int = 4096) -> None:
+        self.greys, self.shares = greys, shares
         self.get = lru_cache(maxsize=cached)(self._make)
 
     def _make(self, image: int, number: int, side: int) -> np.ndarray:
@@ -221,17 +224,9 @@ def check_pair(views: Views, copy: int, query: int, original: int, code: int,
     share = (keep or 1.0) / fit.scale
     if share < 0.95:
         parts.append(f"crop {share:.2f}")
-    shares = [_content_share(views.greys[image]) for image in (copy, original)]
-    if share >= 0.95 and abs(shares[0] - shares[1]) > 0.05:  # a border, not a crop
+    if share >= 0.95 and abs(views.shares[copy] - views.shares[original]) > 0.05:
         parts.append("pad")
     turned = degrees - fit.degrees
     if abs(turned) >= 2.0:
         parts.append(f"rotate {turned:.0f}")
     return fit.score, " ".join(parts) or "none"
-
-
-def _content_share(grey: np.ndarray) -> float:
-    """Share of the frame inside the foreground box: a border added to a copy lowers it,
-    and no turn or flip changes it."""
-    left, top, right, bottom = margins(grey)
-    return float((1 - left - right) * (1 - top - bottom))

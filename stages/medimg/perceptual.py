@@ -4,6 +4,7 @@ pHash alone also matches different images (neighbouring MRI slices sit at distan
 so every candidate pair it proposes is confirmed on the pixels before it counts.
 """
 
+from concurrent.futures import ProcessPoolExecutor
 from itertools import combinations
 from math import comb
 
@@ -15,7 +16,8 @@ from scipy.ndimage import gaussian_filter
 THUMB_SIZE = 64  # greyscale thumbnail for the pixel checks; pHash uses it at 32x32
 DETAIL_SIGMA = 1.5  # fine detail: the thumbnail minus its blur of this width
 HASH_BITS = 64
-_MAX_TABLE_BITS = 24  # a dense bucket table of 2**24 entries is 128 MiB of int64
+_MAX_TABLE_BITS = 24  # a dense bucket table of 2**24 entries is 64 MiB of int32
+_PARALLEL_QUERIES = 1 << 17  # fewer queries are not worth starting processes for
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:
@@ -105,13 +107,28 @@ def _flips(width: int, radius: int) -> list[int]:
 
 
 def near_pairs_between(queries: np.ndarray, entries: np.ndarray, max_distance: int,
-                       chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+                       workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """All (query, entry) index pairs whose hashes differ in at most `max_distance` bits;
+    with workers > 1 and many queries, shares of the queries go to a process pool."""
+    queries = np.asarray(queries, dtype=np.uint64)
+    if workers <= 1 or len(queries) < _PARALLEL_QUERIES:
+        return _pairs_between(queries, entries, max_distance)
+    shares = np.array_split(np.arange(len(queries)), workers)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        done = list(pool.map(_pairs_between, [queries[share] for share in shares],
+                             [entries] * workers, [max_distance] * workers))
+    return (np.concatenate([share[asked] for share, (asked, _) in zip(shares, done, strict=True)]),
+            np.concatenate([found for _, found in done]))
+
+
+def _pairs_between(queries: np.ndarray, entries: np.ndarray, max_distance: int,
+                   chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
     """All (query, entry) index pairs whose hashes differ in at most `max_distance` bits.
 
     Multi-index hashing: bucket each band of the entries' hashes in a dense table and
     probe the buckets within the band's radius, so the work grows with the number of true
     neighbours, not with the product of the two counts. Queries go in chunks to bound
-    memory.
+    memory, in the order of their band so that the table is read nearly in sequence.
     """
     queries = np.asarray(queries, dtype=np.uint64)
     entries = np.asarray(entries, dtype=np.uint64)
@@ -126,12 +143,15 @@ def near_pairs_between(queries: np.ndarray, entries: np.ndarray, max_distance: i
         mask = np.uint64((1 << bits) - 1)
         keys = ((entries >> np.uint64(shift)) & mask).astype(np.int64)
         order = np.argsort(keys, kind="stable")
-        counts = np.bincount(keys, minlength=1 << bits)
-        starts = np.cumsum(counts) - counts
+        by_key = entries[order]
+        counts = np.bincount(keys, minlength=1 << bits).astype(np.int32)
+        starts = (np.cumsum(counts) - counts).astype(np.int32)
+        query_keys = ((queries >> np.uint64(shift)) & mask).astype(np.int64)
+        query_order = np.argsort(query_keys, kind="stable")
         flips = _flips(bits, radius)
         for first in range(0, len(queries), chunk):
-            part = queries[first:first + chunk]
-            part_keys = ((part >> np.uint64(shift)) & mask).astype(np.int64)
+            asked = query_order[first:first + chunk]
+            part, part_keys = queries[asked], query_keys[asked]
             for flip in flips:
                 probe = part_keys ^ flip
                 sizes = counts[probe]
@@ -140,9 +160,9 @@ def near_pairs_between(queries: np.ndarray, entries: np.ndarray, max_distance: i
                     continue
                 src = np.repeat(np.arange(len(part)), sizes)
                 offsets = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-                dst = order[np.repeat(starts[probe], sizes) + offsets]
-                close = np.bitwise_count(part[src] ^ entries[dst]) <= max_distance
-                found.append((src[close] + first) * len(entries) + dst[close])
+                dst = np.repeat(starts[probe], sizes) + offsets
+                close = np.bitwise_count(part[src] ^ by_key[dst]) <= max_distance
+                found.append(asked[src[close]] * len(entries) + order[dst[close]])
     pairs = np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
     return pairs // len(entries), pairs % len(entries)
 
