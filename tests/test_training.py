@@ -223,3 +223,90 @@ def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path) -> None:
     assert (tmp_path / "models/model.safetensors").exists()
     history = pd.read_csv(tmp_path / "metrics/train/plots/metrics/train/loss.tsv", sep="\t")
     assert history["step"].tolist() == list(range(saved + 2))  # earlier epochs replayed
+
+
+class SlowSet(TinySet):
+    """TinySet whose items take `delay` seconds each to load."""
+
+    def __init__(self, count: int, delay: float) -> None:
+        super().__init__(count, 2, 1)
+        self.delay = delay
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        time.sleep(self.delay)
+        return super().__getitem__(index)
+
+
+def test_data_wait_is_measured_and_logged() -> None:
+    seed_everything(0)
+    loop = Loop(create_model(TINY, "none", 2), SlowSet(32, 0.01), TinySet(8, 2, 2),
+                settings(epochs=1, freeze_epochs=0), seed=0, num_classes=2)
+    logs = []
+    loop.fit(on_epoch=logs.append)
+    log = logs[0]
+    # 32 items at 10 ms each: at least 0.32 s of the epoch was spent waiting for data.
+    assert 0.3 <= log.data_wait_seconds <= log.seconds
+    assert 0.0 < loop.first_batch_seconds <= log.data_wait_seconds
+    assert log.metrics()["data_wait_share"] == pytest.approx(log.data_wait_share, abs=1e-4)
+    assert 0.0 < log.data_wait_share <= 1.0
+
+
+def test_collective_tensors_go_where_the_backend_moves_them(monkeypatch) -> None:
+    import torch.distributed as dist
+
+    from medimg.devices import collective_device
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    assert collective_device() == torch.device("cuda", 3)  # NCCL rejects CPU tensors
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
+    assert collective_device() == torch.device("cpu")
+
+
+def test_gpu_augment_matches_the_identity_and_flips() -> None:
+    from benchmarks.gpu.augment import GpuAugment
+
+    aug = load_params(REPO / "params.yaml").train.augment
+    off = aug.model_copy(update={"hflip": 0.0, "vflip": 0.0, "rotate_p": 0.0,
+                                 "crop_scale_min": 1.0, "brightness_contrast_p": 0.0,
+                                 "noise_p": 0.0, "motion_blur_p": 0.0, "gaussian_blur_p": 0.0})
+    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (4, 24, 24, 3),
+                                                                dtype=np.uint8))
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    expected = ((pixels.permute(0, 3, 1, 2).float() / 255
+                 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+    cpu = torch.device("cpu")
+    same = GpuAugment(24, mean, std, off, cpu, ratio=(1.0, 1.0))(pixels)
+    assert same.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(same, expected, atol=1e-4)
+    flipped = GpuAugment(24, mean, std, off.model_copy(update={"hflip": 1.0}), cpu,
+                         ratio=(1.0, 1.0))(pixels)
+    assert torch.allclose(flipped, expected.flip(3), atol=1e-4)
+    full = GpuAugment(16, mean, std, aug, cpu, seed=1)(pixels)
+    again = GpuAugment(16, mean, std, aug, cpu, seed=1)(pixels)
+    assert full.shape == (4, 3, 16, 16) and torch.isfinite(full).all()
+    assert torch.equal(full, again)
+
+
+def test_train_benchmark_measures_the_limits_on_the_cpu(tmp_path) -> None:
+    out = tmp_path / "train.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/train_benchmark.py"), "--model", TINY,
+         "--size", "32", "--images", "32", "--batch-size", "8", "--workers", "1", "--extras",
+         "--configs", "fp32", "bf16_channels_last", "--loader-workers", "0",
+         "--loader-opencv-threads", "1", "--sweep-batches", "4", "--ceiling-steps", "2",
+         "--out", str(out)],
+        capture_output=True, text=True, check=False, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    bench = json.loads(out.read_text())
+    fp32, bf16 = bench["runs"]
+    assert bench["command"].startswith("python benchmarks/train_benchmark.py --model")
+    for run in (fp32, bf16):
+        assert run["images_per_second"] > 0 and 0 <= run["data_wait_share"] <= 1
+        assert run["gpu_only_images_per_second"] > 0
+    assert "gpu_augment_images_per_second" not in fp32
+    assert bf16["gpu_augment_images_per_second"] > 0
+    assert set(bf16["gpu_only_by_batch"]) == {"4"}
+    plain, opencv = bench["loader"]
+    assert plain["workers"] == 0 and plain["images_per_second"] > 0
+    assert opencv["workers"] == 1 and opencv["opencv_threads_per_worker"] == 1

@@ -47,11 +47,20 @@ def close_distributed() -> None:
         dist.destroy_process_group()
 
 
+def collective_device() -> torch.device:
+    """Where a tensor handed to a collective must live: NCCL moves only CUDA tensors (a
+    CPU tensor fails with 'No backend type associated with device type cpu'), gloo CPU
+    ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def rank_zero_decides(flag: bool) -> bool:
     """Every process takes rank 0's decision (stop early, interrupted, ...)."""
     if not dist.is_initialized():
         return flag
-    value = torch.tensor([int(flag)])
+    value = torch.tensor([int(flag)], device=collective_device())
     dist.broadcast(value, src=0)
     return bool(value.item())
 

@@ -5,9 +5,10 @@ import copy
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,6 +61,20 @@ def seed_worker(worker_id: int) -> None:
     transform = getattr(info.dataset, "transform", None) if info else None
     if transform is not None and hasattr(transform, "set_random_seed"):
         transform.set_random_seed(seed)
+
+
+def timed(batches: Iterable) -> Iterator[tuple[float, Any]]:
+    """(seconds it took to arrive, item) for each item of `batches`: the time the loop
+    stood waiting for data. On CUDA the host runs ahead of the device until its queue is
+    full, so this stays near 0 unless the loader cannot keep up."""
+    iterator = iter(batches)
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        yield time.perf_counter() - start, item
 
 
 def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
@@ -181,12 +196,20 @@ class EpochLog:
     seconds: float
     images_per_second: float
     gpu: dict
+    data_wait_seconds: float = 0.0  # of `seconds`, spent waiting for the next batch
+
+    @property
+    def data_wait_share(self) -> float:
+        """Share of the epoch's training time spent waiting for the loader: near 0 when the
+        device sets the pace, near 1 when augmentation starves it."""
+        return self.data_wait_seconds / self.seconds if self.seconds > 0 else 0.0
 
     def metrics(self) -> dict[str, float]:
         """The figures dvclive logs for this epoch, by name."""
         logged = {"train/loss": self.train_loss, "lr": self.lr,
                   "epoch_seconds": round(self.seconds, 2),
-                  "images_per_second": round(self.images_per_second, 1)}
+                  "images_per_second": round(self.images_per_second, 1),
+                  "data_wait_share": round(self.data_wait_share, 4)}
         logged.update({f"val/{key}": self.val[key]
                        for key in ("loss", "accuracy", "f1_macro", "roc_auc")
                        if self.val[key] is not None})
@@ -238,6 +261,8 @@ class Loop:
         self.start_epoch = 0
         self.gpu = GpuMonitor(self.device)
         self.history: list[dict] = []  # what was logged per epoch, kept with the state
+        self.data_wait_seconds = 0.0  # of the last train_epoch: time blocked on the loader
+        self.first_batch_seconds = 0.0  # of that, the wait for the epoch's first batch
         self._wrapped: tuple[bool, nn.Module] | None = None
 
     def forward_model(self, frozen: bool) -> nn.Module:
@@ -260,24 +285,35 @@ class Loop:
             self.sampler.set_epoch(epoch)
         total, count = torch.zeros((), device=self.device), 0
         batches = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=None)
-        for step, (images, labels) in enumerate(batches):
+        self.data_wait_seconds = 0.0
+        for step, (waited, (images, labels)) in enumerate(timed(batches)):
+            self.data_wait_seconds += waited
+            if step == 0:
+                self.first_batch_seconds = waited
             if rank_zero_decides(self.stop_requested()):
                 raise Interrupted(f"interrupted in epoch {epoch}")
-            images = images.to(self.device, non_blocking=True)
-            if self.device.type == "cuda" and self.params.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            labels = labels.to(self.device, non_blocking=True)
-            self.optimizer.zero_grad(set_to_none=True)
-            with autocast(self.device, self.params.bf16):
-                loss = compute_loss(self.criterion, module(images), labels)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            total += loss.detach() * len(labels)
+            loss = self.train_step(module, images, labels)
+            total += loss * len(labels)
             count += len(labels)
             if step % 10 == 0:
                 self.gpu.sample()
         return float(total) / max(count, 1), count * self.world
+
+    def train_step(self, module: nn.Module, images: torch.Tensor,
+                   labels: torch.Tensor) -> torch.Tensor:
+        """One optimisation step on one batch; the batch's mean loss, detached, on the
+        device (reading it would wait for the device)."""
+        images = images.to(self.device, non_blocking=True)
+        if self.device.type == "cuda" and self.params.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = labels.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.params.bf16):
+            loss = compute_loss(self.criterion, module(images), labels)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach()
 
     def save_state(self, epoch: int) -> None:
         if self.state_dir is None or self.rank != 0:
@@ -324,7 +360,7 @@ class Loop:
             val = validate(self.model, self.val_loader, self.criterion, self.device, p.bf16)
             self.best.update(epoch, monitored(val, p.monitor), val["loss"], self.model)
             log = EpochLog(epoch, frozen, train_loss, val, lr, seconds, seen / seconds,
-                           self.gpu.epoch_metrics())
+                           self.gpu.epoch_metrics(), self.data_wait_seconds)
             self.history.append(log.metrics())
             self.save_state(epoch)
             if self.rank == 0:
