@@ -4,6 +4,7 @@ Every file under the raw folder ends in exactly one table: kept (the catalog),
 duplicate, conflict, rejected or ignored, so nothing is silently lost.
 """
 
+import multiprocessing
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor
@@ -228,12 +229,12 @@ def confirmed_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
     return first[keep], second[keep], scores[keep]
 
 
-_VIEWS = Views([], [])  # a check worker's views of the images
+_VIEWS = Views([], [])  # the images a check worker reads
 
 
-def _share_views(greys: list[np.ndarray], shares: list[float]) -> None:
+def _share_views(views: Views) -> None:
     global _VIEWS
-    _VIEWS = Views(greys, shares)
+    _VIEWS = views
 
 
 def _check(hypotheses: list[tuple[int, int, int, int]], min_score: float,
@@ -246,15 +247,18 @@ def check_all(greys: list[np.ndarray], shares: list[float],
               hypotheses: list[tuple[int, int, int, int]], min_score: float,
               workers: int) -> list[tuple[float, str]]:
     """`check_pair` for each (copy, query kind, original, view code), in a process pool
-    when workers > 1 and there is enough to do; each worker takes a contiguous share, so
-    an image's views are made once there."""
+    when workers > 1 and there is enough to do; each worker takes contiguous shares, so
+    an image's views are made once there. Forked workers read the images from this
+    process's memory instead of receiving a copy."""
+    _share_views(Views(greys, shares))
     if workers <= 1 or len(hypotheses) < 256:
-        views = Views(greys, shares)
-        return [check_pair(views, *hypothesis, min_score) for hypothesis in hypotheses]
+        return _check(hypotheses, min_score)
     share = -(-len(hypotheses) // (4 * workers))
     chunks = [hypotheses[i:i + share] for i in range(0, len(hypotheses), share)]
-    with ProcessPoolExecutor(max_workers=workers, initializer=_share_views,
-                             initargs=(greys, shares)) as pool:
+    forked = "fork" in multiprocessing.get_all_start_methods()
+    start = ({"mp_context": multiprocessing.get_context("fork")} if forked else
+             {"initializer": _share_views, "initargs": (_VIEWS,)})
+    with ProcessPoolExecutor(max_workers=workers, **start) as pool:
         done = pool.map(_check, chunks, [min_score] * len(chunks))
         return [result for chunk in done for result in chunk]
 

@@ -20,7 +20,7 @@ from scipy.fft import dct
 
 GREY_SIDE = 128  # longer side of the greyscale image kept for the views and the check
 CHECK_SIDE = 96  # both views are resampled to this square for the registered check
-SCREEN_SIDE = 48  # a coarser check first; most candidates fail it by a wide margin
+SCREEN_SIDE = 32  # a coarser check first; most candidates fail it by a wide margin
 SCREEN_MARGIN = 0.1  # a candidate this far below the threshold at SCREEN_SIDE is dropped
 ORIENTATIONS = ("none", "rot90", "rot180", "rot270", "hflip", "vflip", "transpose",
                 "transverse")
@@ -214,7 +214,7 @@ def check_pair(views: Views, copy: int, query: int, original: int, code: int,
     `min_score` there are fitted again at CHECK_SIDE, which gives the score.
     """
     number, turn = divmod(int(code), len(ORIENTATIONS))
-    for side, steps in ((SCREEN_SIDE, 10), (CHECK_SIDE, 30)):
+    for side, steps in ((SCREEN_SIDE, 8), (CHECK_SIDE, 30)):
         reference = orient(views.get(original, number, side), ORIENTATIONS[turn])
         fit = register(reference, views.get(copy, QUERY_VIEWS[query], side), steps)
         if fit.score < min_score - SCREEN_MARGIN:
