@@ -222,9 +222,13 @@ def confirmed_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
     rows, where = np.unique(np.r_[first, second], return_inverse=True)
     vectors = detail_vectors(thumbs[rows])
     at_first, at_second = where[:len(first)], where[len(first):]
-    scores = np.einsum("ij,ij->i", vectors[at_first], vectors[at_second]).astype(np.float64)
-    same = (thumbs[first] == thumbs[second]).all(axis=(1, 2))
-    scores = np.where(same, 1.0, np.minimum(scores, 1.0))
+    scores = np.concatenate([
+        np.einsum("ij,ij->i", vectors[at_first[i:i + 4096]], vectors[at_second[i:i + 4096]])
+        for i in range(0, len(first), 4096)] or [np.zeros(0)]).astype(np.float64)
+    scores = np.minimum(scores, 1.0)
+    blank = ~vectors.any(axis=1)  # no detail: such a thumbnail matches only its twin
+    flat = np.flatnonzero(blank[at_first] | blank[at_second])
+    scores[flat] = (thumbs[first[flat]] == thumbs[second[flat]]).all(axis=(1, 2))
     keep = scores >= min_correlation
     return first[keep], second[keep], scores[keep]
 
