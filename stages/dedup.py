@@ -34,6 +34,7 @@ OUT_DIR = Path("data/dedup")
 METRICS = Path("metrics/dedup.json")
 SHEETS = Path("plots/dedup")
 LARGEST_GROUPS = 25  # similarity groups shown besides those that span classes
+TILE = 112  # thumbnail side on the sheets
 
 
 def read_groups_file(raw_dir: Path, name: str | None) -> pd.DataFrame | None:
@@ -78,7 +79,7 @@ def review(raw_dir: Path, kept: pd.DataFrame, removed: pd.DataFrame, limit: int,
                for group, classes, size in ranked.itertuples()]
     for stem, rows in (("duplicates", pairs), ("conflicts", conflicts[:limit]),
                        ("similarity", similar)):
-        write_sheets(SHEETS, stem, rows, max_pixels=max_pixels, workers=workers)
+        write_sheets(SHEETS, stem, rows, tile=TILE, max_pixels=max_pixels, workers=workers)
 
 
 def main() -> None:

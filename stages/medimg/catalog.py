@@ -17,6 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from medimg.edits import (
+    FRAME,
     PLAIN,
     QUERY_VIEWS,
     ViewHashes,
@@ -28,6 +29,7 @@ from medimg.edits import (
 from medimg.hashing import file_sha256, pixel_sha256
 from medimg.images import ImageError, is_image_name, load_image
 from medimg.perceptual import (
+    THUMB_SIZE,
     detail_vectors,
     luma,
     near_pairs,
@@ -132,8 +134,9 @@ def describe(rel: str, raw_dir: Path, min_side: int, max_pixels: int) -> dict:
     height, width = decoded.pixels.shape[:2]
     if min(height, width) < min_side:
         return {"path": rel, "reason": f"smaller than min_side ({width}x{height} < {min_side})"}
-    grey = luma(decoded.pixels)
-    thumb, grey = thumbnail(grey), reduce_grey(grey)
+    full = luma(decoded.pixels)
+    grey = reduce_grey(full)
+    thumb = thumbnail(grey if min(grey.shape) >= THUMB_SIZE else full)  # area of an area
     return {
         "path": rel,
         "sha256": file_sha256(path),
@@ -283,7 +286,7 @@ def edited_pairs(greys: list[np.ndarray], views: list[ViewHashes], max_distance:
     hashes_e = np.concatenate([v.index for v in views])
     codes = np.concatenate([v.code for v in views])
     at_q, at_e = near_pairs_between(hashes_q, hashes_e, max_distance, workers)
-    frames = (QUERY_VIEWS[1] == np.asarray(QUERY_VIEWS)[kinds[at_q]]) & (codes[at_e] == PLAIN)
+    frames = (np.asarray(QUERY_VIEWS)[kinds[at_q]] == FRAME) & (codes[at_e] == PLAIN)
     keep = (owners_q[at_q] != owners_e[at_e]) & ~frames
     at_q, at_e = at_q[keep], at_e[keep]
     copy, original = owners_q[at_q], owners_e[at_e]

@@ -27,8 +27,9 @@ ORIENTATIONS = ("none", "rot90", "rot180", "rot270", "hflip", "vflip", "transpos
 # name, share of the frame kept (crop views), turn in degrees (rotated views)
 VIEWS = (("pad", 0.0, 0.0), ("frame", 1.0, 0.0), ("crop 0.9", 0.9, 0.0),
          ("crop 0.8", 0.8, 0.0), ("rotate -7", 0.0, -7.0), ("rotate 7", 0.0, 7.0))
-QUERY_VIEWS = (0, 1)  # a copy is looked up by its foreground and its frame, unturned
-PLAIN = 1 * 8  # the frame unturned: the near-duplicate check's own hypothesis
+FRAME = 1  # the view that is the whole frame
+QUERY_VIEWS = (0, FRAME)  # a copy is looked up by its foreground and its frame, unturned
+PLAIN = FRAME * 8  # the frame unturned: the near-duplicate check's own hypothesis
 _DCT = dct(np.eye(32), type=2, norm="ortho", axis=0)[:8]  # low 8 frequencies of 32
 _BORDER_SHARE = 0.8  # share of the outer ring near one value for it to count as border
 _BORDER_TOLERANCE = 16  # grey levels from the border value that still count as border
@@ -52,11 +53,13 @@ def foreground_box(grey: np.ndarray) -> tuple[int, int, int, int]:
     """
     height, width = grey.shape
     ring = np.concatenate([grey[:2].ravel(), grey[-2:].ravel(), grey[:, :2].ravel(),
-                           grey[:, -2:].ravel()]).astype(np.int16)
-    background = int(np.median(ring))
-    if np.mean(np.abs(ring - background) <= _BORDER_TOLERANCE) < _BORDER_SHARE:
+                           grey[:, -2:].ravel()])
+    background = int(np.searchsorted(np.cumsum(np.bincount(ring, minlength=256)),
+                                     (ring.size + 1) // 2))  # the median grey level
+    if np.mean(cv2.absdiff(ring, background).ravel() <= _BORDER_TOLERANCE) < _BORDER_SHARE:
         return 0, 0, width, height
-    mask = (np.abs(grey.astype(np.int16) - background) > _FOREGROUND_STEP).astype(np.uint8)
+    _, mask = cv2.threshold(cv2.absdiff(grey, background), _FOREGROUND_STEP, 1,
+                            cv2.THRESH_BINARY)
     count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if count < 2:
         return 0, 0, width, height

@@ -8,6 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 from itertools import combinations
 from math import comb
 
+import cv2
 import numpy as np
 from PIL import Image
 from scipy.fft import dctn
@@ -21,8 +22,8 @@ _PARALLEL_QUERIES = 1 << 17  # fewer queries are not worth starting processes fo
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:
-    """Greyscale as Pillow's L mode computes it (ITU-R 601-2 luma)."""
-    return np.asarray(Image.fromarray(rgb).convert("L"))
+    """Greyscale by ITU-R 601-2 luma, as Pillow's L mode (OpenCV's is the same, faster)."""
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
 
 
 def thumbnail(grey: np.ndarray) -> np.ndarray:
