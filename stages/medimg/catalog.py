@@ -18,8 +18,10 @@ from tqdm import tqdm
 
 from medimg.edits import (
     FRAME,
+    ORIENTATIONS,
     PLAIN,
     QUERY_VIEWS,
+    TURNED_HAMMING,
     ViewHashes,
     Views,
     check_pair,
@@ -218,9 +220,11 @@ class Pairs:
 
 
 def confirmed_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
-                    min_correlation: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    min_correlation: float,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray]]:
     """Pairs within `max_distance` pHash bits whose thumbnails' fine detail correlates at
-    least `min_correlation` (identical thumbnails score 1)."""
+    least `min_correlation` (identical thumbnails score 1), and the detail vectors of the
+    rows in any candidate pair."""
     first, second = near_pairs(hashes, max_distance)
     rows, where = np.unique(np.r_[first, second], return_inverse=True)
     vectors = detail_vectors(thumbs[rows])
@@ -233,7 +237,7 @@ def confirmed_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
     flat = np.flatnonzero(blank[at_first] | blank[at_second])
     scores[flat] = (thumbs[first[flat]] == thumbs[second[flat]]).all(axis=(1, 2))
     keep = scores >= min_correlation
-    return first[keep], second[keep], scores[keep]
+    return first[keep], second[keep], scores[keep], dict(zip(rows.tolist(), vectors, strict=True))
 
 
 _VIEWS = Views([], [])  # the images a check worker reads
@@ -275,9 +279,11 @@ def edited_pairs(greys: list[np.ndarray], views: list[ViewHashes], max_distance:
     """Pairs proven to be edited copies, other than the `known` (i < j) ones.
 
     Candidates: an image's unturned foreground or frame hash within `max_distance` bits
-    of any view hash of another image (never all pairs). Frame against unturned frame is
-    the near-duplicate check's own case and is left to it. Each unordered pair is checked
-    once, with its closest view; it counts when the registered check scores `min_score`.
+    of any view hash of another image (never all pairs); a turned or flipped view within
+    TURNED_HAMMING bits only, since a turn changes nothing else. Frame against unturned
+    frame is the near-duplicate check's own case and is left to it. Each unordered pair is
+    checked once, with its closest view; it counts when the registered check scores
+    `min_score`.
     """
     owners_q = np.repeat(np.arange(len(views)), [len(v.query) for v in views])
     kinds = np.concatenate([np.arange(len(v.query)) for v in views])
@@ -286,11 +292,12 @@ def edited_pairs(greys: list[np.ndarray], views: list[ViewHashes], max_distance:
     hashes_e = np.concatenate([v.index for v in views])
     codes = np.concatenate([v.code for v in views])
     at_q, at_e = near_pairs_between(hashes_q, hashes_e, max_distance, workers)
-    frames = (np.asarray(QUERY_VIEWS)[kinds[at_q]] == FRAME) & (codes[at_e] == PLAIN)
-    keep = (owners_q[at_q] != owners_e[at_e]) & ~frames
-    at_q, at_e = at_q[keep], at_e[keep]
-    copy, original = owners_q[at_q], owners_e[at_e]
     distance = np.bitwise_count(hashes_q[at_q] ^ hashes_e[at_e])
+    frames = (np.asarray(QUERY_VIEWS)[kinds[at_q]] == FRAME) & (codes[at_e] == PLAIN)
+    loose_turns = (codes[at_e] % len(ORIENTATIONS) != 0) & (distance > TURNED_HAMMING)
+    keep = (owners_q[at_q] != owners_e[at_e]) & ~frames & ~loose_turns
+    at_q, at_e, distance = at_q[keep], at_e[keep], distance[keep]
+    copy, original = owners_q[at_q], owners_e[at_e]
     pair = np.minimum(copy, original) * len(views) + np.maximum(copy, original)
     order = np.lexsort((codes[at_e], distance, pair))
     first_of_pair = np.r_[True, pair[order][1:] != pair[order][:-1]][:len(order)]
@@ -322,8 +329,8 @@ def duplicate_pairs(hashes: np.ndarray, thumbs: np.ndarray, greys: list[np.ndarr
                     views: list[ViewHashes], limits: Thresholds, workers: int = 1) -> Pairs:
     """Near duplicates (pHash candidates confirmed on the thumbnails' detail) and edited
     copies (view-hash candidates confirmed by registration)."""
-    first, second, scores = confirmed_pairs(hashes, thumbs, limits.near_hamming,
-                                            limits.near_correlation)
+    first, second, scores, _ = confirmed_pairs(hashes, thumbs, limits.near_hamming,
+                                               limits.near_correlation)
     known = set(zip(first.tolist(), second.tolist(), strict=True))
     edited = edited_pairs(greys, views, limits.edit_hamming, limits.edit_correlation, known,
                           workers)
@@ -440,9 +447,8 @@ def similarity_clusters(hashes: np.ndarray, thumbs: np.ndarray, max_distance: in
     the mean detail correlation over all their member pairs reaches `min_linkage`, so one
     chance resemblance cannot chain two scans together.
     """
-    first, second, scores = confirmed_pairs(hashes, thumbs, max_distance, min_correlation)
-    rows = np.unique(np.r_[first, second])
-    vectors = dict(zip(rows.tolist(), detail_vectors(thumbs[rows]), strict=True))
+    first, second, scores, vectors = confirmed_pairs(hashes, thumbs, max_distance,
+                                                     min_correlation)
     cluster = np.arange(len(thumbs))
     members: dict[int, list[int]] = {}
     for at in np.argsort(-scores, kind="stable"):

@@ -30,6 +30,9 @@ VIEWS = (("pad", 0.0, 0.0), ("frame", 1.0, 0.0), ("crop 0.9", 0.9, 0.0),
 FRAME = 1  # the view that is the whole frame
 QUERY_VIEWS = (0, FRAME)  # a copy is looked up by its foreground and its frame, unturned
 PLAIN = FRAME * 8  # the frame unturned: the near-duplicate check's own hypothesis
+# A turned or flipped copy's hash is its original's turned hash, as near as a plain
+# copy's; on the MRI set the farther turned candidates were nearly all strangers.
+TURNED_HAMMING = 2
 _DCT = dct(np.eye(32), type=2, norm="ortho", axis=0)[:8]  # low 8 frequencies of 32
 _BORDER_SHARE = 0.8  # share of the outer ring near one value for it to count as border
 _BORDER_TOLERANCE = 16  # grey levels from the border value that still count as border

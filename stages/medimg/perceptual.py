@@ -78,7 +78,7 @@ def detail_vectors(thumbs: np.ndarray) -> np.ndarray:
     blurred = gaussian_filter(values, sigma=(0, DETAIL_SIGMA, DETAIL_SIGMA))
     detail = (values - blurred).reshape(len(thumbs), THUMB_SIZE * THUMB_SIZE)
     detail -= detail.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(detail, axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", detail, detail))[:, None]
     return np.divide(detail, norms, out=np.zeros_like(detail), where=norms > 0)
 
 
