@@ -16,7 +16,8 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
-from scipy.fft import dct
+
+from medimg.perceptual import LOW_DCT
 
 GREY_SIDE = 128  # longer side of the greyscale image kept for the views and the check
 CHECK_SIDE = 96  # both views are resampled to this square for the registered check
@@ -33,7 +34,6 @@ PLAIN = FRAME * 8  # the frame unturned: the near-duplicate check's own hypothes
 # A turned or flipped copy's hash is its original's turned hash, as near as a plain
 # copy's; on the MRI set the farther turned candidates were nearly all strangers.
 TURNED_HAMMING = 2
-_DCT = dct(np.eye(32), type=2, norm="ortho", axis=0)[:8]  # low 8 frequencies of 32
 _BORDER_SHARE = 0.8  # share of the outer ring near one value for it to count as border
 _BORDER_TOLERANCE = 16  # grey levels from the border value that still count as border
 _FOREGROUND_STEP = 24  # grey levels from the border value that count as content
@@ -115,7 +115,7 @@ def view(grey: np.ndarray, index: int, side: int,
 def _hashes(smalls: np.ndarray) -> np.ndarray:
     """pHash of each 32x32 view in each of the eight orientations: views x ORIENTATIONS."""
     turned = np.stack([_TURNS[name](small) for small in smalls for name in ORIENTATIONS])
-    low = (_DCT @ turned @ _DCT.T).reshape(len(turned), -1)
+    low = (LOW_DCT @ turned @ LOW_DCT.T).reshape(len(turned), -1)
     bits = low > np.median(low, axis=1, keepdims=True)
     return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
 

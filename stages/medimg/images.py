@@ -40,7 +40,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,8 @@ def load_image(path: Path | str, max_pixels: int | None = None,
                     image.draft(image.mode, (draft, draft))
                 image.load()
                 stored_format, stored_mode = image.format or "", image.mode
-                upright = ImageOps.exif_transpose(image)
-                pixels = np.asarray(to_rgb(upright), dtype=np.uint8)
+                ImageOps.exif_transpose(image, in_place=True)
+                pixels = np.asarray(to_rgb(image), dtype=np.uint8)
                 return Decoded(pixels=pixels, format=stored_format, mode=stored_mode)
     except ImageError:
         raise
