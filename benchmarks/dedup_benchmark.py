@@ -3,10 +3,15 @@
     python benchmarks/dedup_benchmark.py [--mri ../shared/datasets/brain-tumor-mri]
 
 Measures, in one run on this machine: the whole dedup stage (process start included) on
-the Brain Tumor MRI set and on 20,000 generated small PNGs, each beside a plain
-single-process MD5 loop over the same files; the near-duplicate index on 300,000 random
-64-bit hashes with planted near pairs, checking that every planted pair is found; and the
-split report of the MRI set with its own Testing folder kept (split.respect_existing).
+the Brain Tumor MRI set beside the stage as it was before edited copies were searched
+(commit BASELINE, best of three alternating runs each) and on 20,000 generated small
+PNGs, each beside a plain single-process MD5 loop over the same files; the removals that
+the edited-copy search adds on the MRI set; seeded edited copies of MRI images planted
+among the real ones (benchmarks/edits.py), and per edit how many were removed as copies
+of their own original and how many at least share its split group; the near-duplicate
+index on 300,000 random 64-bit hashes and the view index for 300,000 images, each with
+planted near pairs that must all be found; and the split report of the MRI set with its
+own Testing folder kept (split.respect_existing).
 """
 
 import argparse
@@ -14,22 +19,29 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "stages"))
+sys.path.insert(0, str(REPO))
 
-from medimg.perceptual import near_pairs  # noqa: E402
+from benchmarks.edits import EDITS  # noqa: E402
+from medimg.catalog import similarity_report  # noqa: E402
+from medimg.perceptual import near_pairs, near_pairs_between  # noqa: E402
 
 MRI_CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
+BASELINE = "4ac2b47"  # main before the edited-copy search
 
 
 def md5_loop(files: list[Path]) -> float:
@@ -41,11 +53,20 @@ def md5_loop(files: list[Path]) -> float:
     return len(files) / (time.perf_counter() - start)
 
 
+@dataclass
+class StageRun:
+    seconds: float
+    metrics: dict
+    duplicates: pd.DataFrame
+    catalog: pd.DataFrame
+
+
 def run_stages(raw_dir: Path, classes: list[str], class_level: int, stages: list[str],
-               respect_existing: str | None = None) -> tuple[float, dict]:
-    """Wall time of running the stage scripts on raw_dir in a scratch folder, and the
-    metrics of the last one."""
-    with (REPO / "params.yaml").open() as handle:
+               respect_existing: str | None = None, code: Path = REPO,
+               sheets: Path | None = None) -> StageRun:
+    """Run the stage scripts of `code` on raw_dir in a scratch folder: wall time, the last
+    stage's metrics and dedup's tables (and its contact sheets copied to `sheets`)."""
+    with (code / "params.yaml").open() as handle:
         params = yaml.safe_load(handle)
     params["classes"] = classes
     params["data"] = {"raw_dir": str(raw_dir), "class_level": class_level,
@@ -55,24 +76,112 @@ def run_stages(raw_dir: Path, classes: list[str], class_level: int, stages: list
         (Path(work) / "params.yaml").write_text(yaml.safe_dump(params))
         start = time.perf_counter()
         for stage in stages:
-            subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py")], cwd=work,
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run([sys.executable, str(code / "stages" / f"{stage}.py")], cwd=work,
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         seconds = time.perf_counter() - start
         metrics = json.loads((Path(work) / "metrics" / f"{stages[-1]}.json").read_text())
-    return seconds, metrics
+        tables = {name: pd.read_csv(Path(work) / f"data/dedup/{name}.csv", dtype=str,
+                                    keep_default_na=False) for name in ("duplicates", "catalog")}
+        if sheets is not None and (Path(work) / "plots/dedup").is_dir():
+            shutil.copytree(Path(work) / "plots/dedup", sheets, dirs_exist_ok=True)
+    return StageRun(seconds, metrics, tables["duplicates"], tables["catalog"])
+
+
+def baseline_code(folder: Path) -> Path:
+    """The stage scripts and params of commit BASELINE, unpacked into `folder`."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", BASELINE, "stages",
+                              "params.yaml"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
+def mri_figures(mri: Path, sheets: Path | None) -> tuple[dict, StageRun]:
+    """The stage on the MRI set now and at BASELINE, best of three alternating runs each
+    (this machine's timings vary by about 10% from run to run), and every removal that
+    BASELINE did not make."""
+    files = sorted(p for p in mri.rglob("*") if p.is_file())
+    md5_rate = md5_loop(files)
+    with tempfile.TemporaryDirectory() as folder:
+        old_code = baseline_code(Path(folder))
+        runs = {"baseline": [], "now": []}
+        for _ in range(3):
+            runs["baseline"].append(run_stages(mri, MRI_CLASSES, 2, ["dedup"], code=old_code))
+            runs["now"].append(run_stages(mri, MRI_CLASSES, 2, ["dedup"], sheets=sheets))
+    old, new = runs["baseline"][0], runs["now"][0]
+    seconds = {name: min(run.seconds for run in done) for name, done in runs.items()}
+    before = set(zip(old.duplicates["path"], old.duplicates["match"], strict=True))
+    added = new.duplicates[[(p, m) not in before for p, m in
+                            zip(new.duplicates["path"], new.duplicates["match"], strict=True)]]
+    return {
+        "files": len(files),
+        "stage_seconds": round(seconds["now"], 2),
+        "stage_images_per_s": round(len(files) / seconds["now"], 1),
+        "baseline_stage_seconds": round(seconds["baseline"], 2),
+        "slowdown": round(seconds["now"] / seconds["baseline"], 2),
+        "md5_loop_images_per_s": round(md5_rate, 1),
+        "dedup_metrics": new.metrics,
+        "baseline_dedup_metrics": old.metrics,
+        "baseline_similarity": similarity_report(old.catalog),
+        "new_removals": added[["path", "match", "representative", "edit", "correlation"]]
+        .to_dict(orient="records"),
+    }, new
 
 
 def stage_figures(raw_dir: Path, classes: list[str], class_level: int) -> dict:
     files = sorted(p for p in raw_dir.rglob("*") if p.is_file())
     md5_rate = md5_loop(files)
-    seconds, metrics = run_stages(raw_dir, classes, class_level, ["dedup"])
+    run = run_stages(raw_dir, classes, class_level, ["dedup"])
     return {
         "files": len(files),
-        "stage_seconds": round(seconds, 2),
-        "stage_images_per_s": round(len(files) / seconds, 1),
+        "stage_seconds": round(run.seconds, 2),
+        "stage_images_per_s": round(len(files) / run.seconds, 1),
         "md5_loop_images_per_s": round(md5_rate, 1),
-        "dedup_metrics": metrics,
+        "dedup_metrics": run.metrics,
     }
+
+
+def plant_copies(mri: Path, folder: Path, unplanted: StageRun, per_edit: int,
+                 seed: int) -> pd.DataFrame:
+    """Link the MRI set into `folder` and add `per_edit` edited copies per edit, each of a
+    different original that the stage kept without copies of its own."""
+    for source in sorted(p for p in mri.rglob("*") if p.is_file()):
+        target = folder / source.relative_to(mri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(source)
+    copied = set(unplanted.duplicates["representative"])
+    singles = sorted(set(unplanted.catalog["path"]) - copied)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(singles, per_edit * len(EDITS), replace=False)
+    rows = []
+    for number, (edit, original) in enumerate(zip(np.repeat(list(EDITS), per_edit), chosen,
+                                                  strict=True)):
+        image = Image.open(mri / original).convert("RGB")
+        copy = str(Path(original).parent / f"planted_{number:04d}.png")
+        EDITS[edit](image, rng).save(folder / copy)
+        rows.append({"edit": edit, "copy": copy, "original": original})
+    return pd.DataFrame(rows)
+
+
+def planted_figures(planted: pd.DataFrame, run: StageRun) -> dict:
+    """Per edit: copies paired with their own original (one removed as the other's
+    duplicate), copies at least in the original's split group, wrong pairings, and the
+    edits the stage named (seen from whichever of the two it kept)."""
+    rep = dict(zip(run.duplicates["path"], run.duplicates["representative"], strict=True))
+    edit = dict(zip(run.duplicates["path"], run.duplicates["edit"], strict=True))
+    group = dict(zip(run.catalog["path"], run.catalog["group"], strict=True))
+    found = {}
+    for name, rows in planted.groupby("edit", sort=False):
+        paired = [rep.get(c) == o or rep.get(o) == c
+                  for c, o in zip(rows["copy"], rows["original"], strict=True)]
+        grouped = [p or (c in group and group.get(c) == group.get(o))
+                   for p, c, o in zip(paired, rows["copy"], rows["original"], strict=True)]
+        wrong = [c in rep and not p for p, c in zip(paired, rows["copy"], strict=True)]
+        named = {edit[c] if rep.get(c) == o else edit[o]
+                 for p, c, o in zip(paired, rows["copy"], rows["original"], strict=True) if p}
+        found[name] = {"copies": len(rows), "removed_with_original": int(sum(paired)),
+                       "in_original_group": int(sum(grouped)), "removed_wrongly": int(sum(wrong)),
+                       "edits_named": sorted(named)}
+    return found
 
 
 def generate_pngs(folder: Path, count: int) -> None:
@@ -88,20 +197,34 @@ def generate_pngs(folder: Path, count: int) -> None:
         Image.fromarray(pixels).resize((50, 50), Image.Resampling.BILINEAR).save(target)
 
 
-def index_figures(count: int, planted: int, max_distance: int) -> dict:
+def index_figures(count: int, planted: int, max_distance: int, queries: int = 1,
+                  entries: int = 1) -> dict:
+    """Time the candidate search on `count` random images with `queries` query hashes and
+    `entries` index hashes each (one and one: the near-duplicate index on its own), with
+    `planted` pairs within `max_distance` bits that must all be found."""
     rng = np.random.default_rng(1)
-    hashes = rng.integers(0, 2**64, count, dtype=np.uint64, endpoint=False)
+    plain = queries == entries == 1
+    asked = rng.integers(0, 2**64, count * queries, dtype=np.uint64, endpoint=False)
+    held = asked if plain else rng.integers(0, 2**64, count * entries, dtype=np.uint64,
+                                            endpoint=False)
     chosen = rng.permutation(count)[:2 * planted].reshape(planted, 2)
     for source, target in chosen:
         flips = rng.choice(64, rng.integers(0, max_distance + 1), replace=False)
-        hashes[target] = hashes[source] ^ np.uint64(sum(1 << int(bit) for bit in flips))
+        held[target * entries] = asked[source * queries] ^ np.uint64(
+            sum(1 << int(bit) for bit in flips))
     start = time.perf_counter()
-    first, second = near_pairs(hashes, max_distance)
+    if plain:
+        first, second = near_pairs(asked, max_distance)
+    else:
+        first, second = near_pairs_between(asked, held, max_distance, os.cpu_count() or 1)
     seconds = time.perf_counter() - start
-    found = set(zip(first.tolist(), second.tolist(), strict=True))
-    missed = sum((min(a, b), max(a, b)) not in found for a, b in chosen.tolist())
-    return {"hashes": count, "planted_pairs": planted, "max_distance": max_distance,
-            "seconds": round(seconds, 2), "pairs_found": len(found), "planted_missed": missed}
+    found = set(zip((first // queries).tolist(), (second // entries).tolist(), strict=True))
+    missed = sum((a, b) not in found and (b, a) not in found for a, b in chosen.tolist())
+    return {"images": count, "hashes": count if plain else count * (queries + entries),
+            "query_hashes_per_image": queries,
+            "index_hashes_per_image": entries, "planted_pairs": planted,
+            "max_distance": max_distance, "seconds": round(seconds, 2),
+            "pairs_found": len(found), "planted_missed": missed}
 
 
 def main() -> None:
@@ -110,26 +233,39 @@ def main() -> None:
                         default=REPO.parent / "shared" / "datasets" / "brain-tumor-mri")
     parser.add_argument("--pngs", type=int, default=20_000)
     parser.add_argument("--hashes", type=int, default=300_000)
+    parser.add_argument("--per-edit", type=int, default=20)
+    parser.add_argument("--sheets", type=Path, default=None,
+                        help="copy the contact sheets of the MRI runs here, to look at")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/dedup.json")
     args = parser.parse_args()
     if not args.mri.is_dir():
         raise SystemExit(f"--mri: folder {args.mri} does not exist")
     with (REPO / "params.yaml").open() as handle:
-        near_hamming = yaml.safe_load(handle)["dedup"]["near_hamming"]
+        dedup = yaml.safe_load(handle)["dedup"]
+    mri, unplanted = mri_figures(args.mri, args.sheets and args.sheets / "unplanted")
     results = {
         "machine": {"cpus": os.cpu_count(), "machine": platform.machine(),
                     "python": platform.python_version(), "numpy": np.__version__},
-        "brain_tumor_mri": stage_figures(args.mri, MRI_CLASSES, class_level=2),
+        "brain_tumor_mri": mri,
     }
+    with tempfile.TemporaryDirectory() as folder:
+        planted = plant_copies(args.mri, Path(folder), unplanted, args.per_edit, seed=0)
+        run = run_stages(Path(folder), MRI_CLASSES, 2, ["dedup"],
+                         sheets=args.sheets and args.sheets / "planted")
+        results["planted_edits"] = {"per_edit": args.per_edit, "seed": 0,
+                                    "seconds": round(run.seconds, 2),
+                                    "edits": planted_figures(planted, run)}
     with tempfile.TemporaryDirectory() as folder:
         generate_pngs(Path(folder), args.pngs)
         results["generated_pngs"] = stage_figures(Path(folder), ["a", "b"], class_level=1)
-    results["near_index"] = index_figures(args.hashes, planted=1000, max_distance=near_hamming)
-    _, split = run_stages(args.mri, MRI_CLASSES, 2, ["dedup", "split"], "Testing")
-    results["brain_tumor_mri_respect_existing"] = split
+    results["near_index"] = index_figures(args.hashes, 1000, dedup["near_hamming"])
+    results["view_index"] = index_figures(args.hashes, 1000, dedup["edit_hamming"],
+                                          queries=2, entries=48)
+    split = run_stages(args.mri, MRI_CLASSES, 2, ["dedup", "split"], "Testing")
+    results["brain_tumor_mri_respect_existing"] = split.metrics
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k != "brain_tumor_mri"}, indent=2))
 
 
 if __name__ == "__main__":

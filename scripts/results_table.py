@@ -81,29 +81,82 @@ def results_markdown(root: Path) -> str:
     return "\n".join(lines)
 
 
+def edit_names(names: list[str]) -> str:
+    """The edits the stage named, with the rotations as one range."""
+    turns = sorted(int(name.split()[-1]) for name in names if name.startswith("rotate "))
+    shown = [f"`{name}`" if name else "(pixel-identical)" for name in names
+             if not name.startswith("rotate ")]
+    if turns:
+        shown.append(f"`rotate N` for N from {turns[0]} to {turns[-1]}")
+    return ", ".join(shown)
+
+
 def dedup_markdown(root: Path) -> str:
     bench = load(root, "dedup.json", "benchmarks/results")
-    mri, pngs, index = bench["brain_tumor_mri"], bench["generated_pngs"], bench["near_index"]
-    counts = mri["dedup_metrics"]
+    mri, pngs = bench["brain_tumor_mri"], bench["generated_pngs"]
+    keys = ("found", "kept", "exact_duplicates", "pixel_duplicates", "near_duplicates",
+            "conflicts", "rejected", "ignored")
     lines = [
-        "| found | kept | exact | pixel | near | label conflicts | rejected | ignored |",
-        "|---|---|---|---|---|---|---|---|",
-        "| " + " | ".join(str(counts[key]) for key in (
-            "found", "kept", "exact_duplicates", "pixel_duplicates", "near_duplicates",
-            "conflicts", "rejected", "ignored")) + " |",
+        "| stage | found | kept | exact | pixel | near | label conflicts | rejected | ignored |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(f"| {name} | " + " | ".join(str(counts[key]) for key in keys) + " |"
+          for name, counts in (("before edited copies", mri["baseline_dedup_metrics"]),
+                               ("now", mri["dedup_metrics"]))),
         "",
-        f"Speed on {bench['machine']['cpus']} cores (`benchmarks/dedup_benchmark.py`, "
-        "whole stage including process start):",
+        f"The {len(mri['new_removals'])} removals the edited-copy search adds are listed in "
+        "`benchmarks/results/dedup.json` (`new_removals`).",
+        "",
+        "Edited copies planted among the real images (`benchmarks/edits.py`, "
+        f"{bench['planted_edits']['per_edit']} per edit, each of a different original, seed "
+        f"{bench['planted_edits']['seed']}):",
+        "",
+        "| edit | copies | removed as a copy of its own original | at least in its original's "
+        "split group | removed against a wrong image | edit named |",
+        "|---|---|---|---|---|---|",
+    ]
+    for edit, row in bench["planted_edits"]["edits"].items():
+        named = edit_names(row["edits_named"])
+        lines.append(f"| {edit} | {row['copies']} | {row['removed_with_original']} | "
+                     f"{row['in_original_group']} | {row['removed_wrongly']} | {named} |")
+    similar, before = mri["dedup_metrics"]["similarity"], mri["baseline_similarity"]
+    lines += [
+        "",
+        "Similarity groups (neighbouring slices kept together for the split):",
+        "",
+        "| | groups | images in them | largest | groups spanning two classes |",
+        "|---|---|---|---|---|",
+        f"| before (single linkage) | {before['groups']} | {before['images']} | "
+        f"{before['largest']} | {before['cross_class']} |",
+        f"| now (average linkage on fine detail) | {similar['groups']} | {similar['images']} | "
+        f"{similar['largest']} | {similar['cross_class']} |",
+        "",
+        "Group sizes now: " + ", ".join(f"{size}: {n}" for size, n in similar["sizes"].items())
+        + ".",
+        "",
+        f"Speed on {bench['machine']['cpus']} cores (`benchmarks/dedup_benchmark.py`, whole "
+        "stage including process start and contact sheets, best of three runs each):",
         "",
         "| input | files | stage seconds | stage images/s | plain MD5 loop images/s |",
         "|---|---|---|---|---|",
+        f"| Brain Tumor MRI set, before edited copies were searched | {mri['files']} | "
+        f"{mri['baseline_stage_seconds']} | "
+        f"{round(mri['files'] / mri['baseline_stage_seconds'], 1)} | "
+        f"{mri['md5_loop_images_per_s']} |",
+        f"| Brain Tumor MRI set, now | {mri['files']} | {mri['stage_seconds']} | "
+        f"{mri['stage_images_per_s']} | {mri['md5_loop_images_per_s']} |",
+        f"| generated 50x50 PNGs, now | {pngs['files']} | {pngs['stage_seconds']} | "
+        f"{pngs['stage_images_per_s']} | {pngs['md5_loop_images_per_s']} |",
+        "",
+        f"The stage now takes {mri['slowdown']}x as long as before on the MRI set.",
     ]
-    for name, row in (("Brain Tumor MRI set", mri), ("generated 50x50 PNGs", pngs)):
-        lines.append(f"| {name} | {row['files']} | {row['stage_seconds']} | "
-                     f"{row['stage_images_per_s']} | {row['md5_loop_images_per_s']} |")
-    lines += ["", f"Near-duplicate index: {index['hashes']:,} random 64-bit hashes with "
-              f"{index['planted_pairs']} planted pairs within {index['max_distance']} bits: "
-              f"{index['seconds']} s, {index['planted_missed']} planted pairs missed."]
+    for key, what in (("near_index", "Near-duplicate index"), ("view_index", "View index")):
+        index = bench[key]
+        lines.append("")
+        lines.append(
+            f"{what}: {index['images']:,} random images, {index['query_hashes_per_image']} "
+            f"query and {index['index_hashes_per_image']} indexed hashes each, "
+            f"{index['planted_pairs']} planted pairs within {index['max_distance']} bits: "
+            f"{index['seconds']} s, {index['planted_missed']} planted pairs missed.")
     split = bench["brain_tumor_mri_respect_existing"]
     copies = split["test_copies_removed"]
     lines += ["", "With its own `Testing` folder kept (`split.respect_existing: Testing`): "
