@@ -17,7 +17,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from medimg.perceptual import LOW_DCT
+from medimg.perceptual import phashes
 
 GREY_SIDE = 128  # longer side of the greyscale image kept for the views and the check
 CHECK_SIDE = 96  # both views are resampled to this square for the registered check
@@ -30,7 +30,7 @@ VIEWS = (("pad", 0.0, 0.0), ("frame", 1.0, 0.0), ("crop 0.9", 0.9, 0.0),
          ("crop 0.8", 0.8, 0.0), ("rotate -7", 0.0, -7.0), ("rotate 7", 0.0, 7.0))
 FRAME = 1  # the view that is the whole frame
 QUERY_VIEWS = (0, FRAME)  # a copy is looked up by its foreground and its frame, unturned
-PLAIN = FRAME * 8  # the frame unturned: the near-duplicate check's own hypothesis
+PLAIN = FRAME * len(ORIENTATIONS)  # the frame unturned: the near-duplicate check's own hypothesis
 # A turned or flipped copy's hash is its original's turned hash, as near as a plain
 # copy's; on the MRI set the farther turned candidates were nearly all strangers.
 TURNED_HAMMING = 2
@@ -114,10 +114,7 @@ def view(grey: np.ndarray, index: int, side: int,
 
 def _hashes(smalls: np.ndarray) -> np.ndarray:
     """pHash of each 32x32 view in each of the eight orientations: views x ORIENTATIONS."""
-    turned = np.stack([_TURNS[name](small) for small in smalls for name in ORIENTATIONS])
-    low = (LOW_DCT @ turned @ LOW_DCT.T).reshape(len(turned), -1)
-    bits = low > np.median(low, axis=1, keepdims=True)
-    return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
+    return phashes(np.stack([_TURNS[name](small) for small in smalls for name in ORIENTATIONS]))
 
 
 @dataclass(frozen=True)

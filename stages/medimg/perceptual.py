@@ -38,9 +38,14 @@ def phash(thumb: np.ndarray) -> int:
     """64-bit pHash of a 64x64 thumbnail: signs of the 8x8 lowest DCT frequencies of its
     32x32 reduction against their median."""
     small = thumb.astype(np.float64).reshape(32, 2, 32, 2).mean(axis=(1, 3))
-    low = LOW_DCT @ small @ LOW_DCT.T
-    bits = (low > np.median(low)).ravel()
-    return int(np.packbits(bits).view(">u8")[0])
+    return int(phashes(small[None])[0])
+
+
+def phashes(smalls: np.ndarray) -> np.ndarray:
+    """pHash of each of a stack of 32x32 images, as uint64."""
+    low = (LOW_DCT @ smalls @ LOW_DCT.T).reshape(len(smalls), -1)
+    bits = low > np.median(low, axis=1, keepdims=True)
+    return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
