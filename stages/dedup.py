@@ -78,7 +78,7 @@ def review(raw_dir: Path, kept: pd.DataFrame, removed: pd.DataFrame, limit: int,
                 tiles(joined[joined["group"] == group]))
                for group, classes, size in ranked.itertuples()]
     for stem, rows in (("duplicates", pairs), ("conflicts", conflicts[:limit]),
-                       ("similarity", similar)):
+                       ("similarity", similar[:limit])):
         write_sheets(SHEETS, stem, rows, tile=TILE, max_pixels=max_pixels, workers=workers)
 
 
@@ -142,8 +142,7 @@ def main() -> None:
     write_csv(OUT_DIR / "duplicates.csv", removed)
     write_csv(OUT_DIR / "rejects.csv", rejects)
     write_csv(OUT_DIR / "ignored.csv", ignored)
-    if dedup.review_limit:
-        review(raw_dir, kept, removed, dedup.review_limit, dedup.max_pixels, workers)
+    review(raw_dir, kept, removed, dedup.review_limit, dedup.max_pixels, workers)
     write_json(METRICS, counts)
     print("dedup: " + ", ".join(f"{key} {value}" for key, value in counts.items()
                                 if key != "similarity"))

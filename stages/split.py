@@ -119,9 +119,8 @@ def main() -> None:
     write_csv(OUT_DIR / "split.csv", table)
     closest = closest_pairs(table, thumbs, split.closest_pairs)
     write_csv(OUT_DIR / "closest_pairs.csv", closest)
-    if params.dedup.review_limit:
-        review(Path(params.data.raw_dir), closest.head(params.dedup.review_limit),
-               params.dedup.max_pixels)
+    review(Path(params.data.raw_dir), closest.head(params.dedup.review_limit),
+           params.dedup.max_pixels)
     write_csv(OUT_DIR / "test_copies.csv", copies)
     write_csv(OUT_DIR / "leaks.csv", offenders)
     write_csv(OUT_DIR / "leaked_test.csv", leaked)

@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
@@ -169,3 +170,23 @@ def test_dedup_and_split_write_contact_sheets(tmp_path, monkeypatch) -> None:
     split.main()
     assert len(pd.read_csv("data/split/closest_pairs.csv")) > 0
     assert [p.name for p in Path("plots/split").iterdir()] == ["closest_pairs_001.png"]
+
+
+def test_no_review_leaves_empty_sheet_folders(tmp_path, monkeypatch) -> None:
+    # DVC needs its declared plot folders; with review_limit 0 they exist but hold nothing,
+    # and sheets from an earlier run are gone.
+    raw = use_dataset(tmp_path, monkeypatch, ["a", "b"])
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["dedup"]["review_limit"] = 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    original = Image.fromarray(head(30))
+    put(raw / "a/original.png", original)
+    put(raw / "a/flipped.png", original.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    for seed in range(31, 37):
+        put(raw / f"{'ab'[seed % 2]}/x{seed}.png", Image.fromarray(head(seed)))
+    put(Path("plots/dedup/duplicates_001.png"), original)  # stale, from an earlier run
+    counts, _ = run_dedup()
+    split.main()
+    assert counts["near_duplicates"] == 1
+    assert list(Path("plots/dedup").iterdir()) == []
+    assert list(Path("plots/split").iterdir()) == []
