@@ -52,7 +52,7 @@ def main() -> None:
         augment = AugmentParams(**yaml.safe_load(handle)["train"]["augment"])
     paths = sorted(args.mri.rglob("*.jpg"))
     labels = np.zeros(len(paths), dtype=np.int64)
-    transform = train_transform(args.size, (0.5,) * 3, (0.5,) * 3, augment, seed=0)
+    transform = train_transform(args.size, augment, seed=0)
     with tempfile.TemporaryDirectory() as folder:
         array_path = Path(folder) / "train.npy"
         start = time.perf_counter()

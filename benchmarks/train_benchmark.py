@@ -5,7 +5,7 @@
     python benchmarks/train_benchmark.py --device cuda --model efficientnet_b0 \\
         tf_efficientnet_lite0 --size 224 --batch-size 256 --workers 15
 
-Runs `Loop.fit` (full fine-tuning, training augmentations in loader processes, prepared
+Runs `Trainer.fit` (full fine-tuning, training augmentations in loader processes, prepared
 uint8 arrays of random pixels) for a warm-up epoch and a measured epoch per model and
 configuration, and reports the measured epoch: images per second, the share of its time
 the loop stood waiting for the loader (`data_wait_share`), and on CUDA peak memory and the
@@ -44,13 +44,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "stages"))
 sys.path.insert(0, str(REPO / "benchmarks" / "gpu"))
 
-from medimg.data import ArrayDataset, eval_transform, train_transform  # noqa: E402
+from medimg.data import ArrayDataset, train_transform  # noqa: E402
 from medimg.devices import resolve_device  # noqa: E402
 from medimg.models import create_model, normalisation  # noqa: E402
 from medimg.params import load_params  # noqa: E402
 from medimg.training import (  # noqa: E402
     EpochLog,
-    Loop,
+    Trainer,
     seed_everything,
     seed_worker,
     set_backbone_frozen,
@@ -71,7 +71,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_loop(args: argparse.Namespace, model_name: str, folder: Path, config: dict) -> Loop:
+def make_loop(args: argparse.Namespace, model_name: str, folder: Path, config: dict) -> Trainer:
     params = load_params(REPO / "params.yaml")
     train = params.train.model_copy(update={
         "epochs": 2, "freeze_epochs": 0, "patience": 10, "device": args.device,
@@ -79,22 +79,21 @@ def make_loop(args: argparse.Namespace, model_name: str, folder: Path, config: d
         **config})
     seed_everything(0, deterministic=False)
     model = create_model(model_name, "none", 2)
-    norm = normalisation(model)
     labels = np.arange(args.images) % 2
     train_set = ArrayDataset(folder / "train.npy", labels,
-                             train_transform(args.size, **norm, aug=train.augment, seed=0))
-    val_set = ArrayDataset(folder / "val.npy", labels[:VAL_IMAGES], eval_transform(**norm))
-    return Loop(model, train_set, val_set, train, seed=0, num_classes=2,
+                             train_transform(args.size, train.augment, seed=0))
+    val_set = ArrayDataset(folder / "val.npy", labels[:VAL_IMAGES])
+    return Trainer(model, train_set, val_set, train, seed=0, num_classes=2,
                 device=resolve_device(args.device))
 
 
-def input_layout(loop: Loop) -> torch.memory_format:
+def input_layout(loop: Trainer) -> torch.memory_format:
     """The layout the loop's step gives its input (channels_last on CUDA only)."""
     cuda_last = loop.device.type == "cuda" and loop.params.channels_last
     return torch.channels_last if cuda_last else torch.contiguous_format
 
 
-def step_rate(loop: Loop, module: torch.nn.Module, images: torch.Tensor,
+def step_rate(loop: Trainer, module: torch.nn.Module, images: torch.Tensor,
               labels: torch.Tensor, steps: int, warmup: int = 3) -> float:
     """Images per second of the loop's own step repeated on one batch on the device."""
     for _ in range(warmup):
@@ -107,7 +106,7 @@ def step_rate(loop: Loop, module: torch.nn.Module, images: torch.Tensor,
     return steps * len(labels) / (time.perf_counter() - start)
 
 
-def gpu_augment_rate(loop: Loop, module: torch.nn.Module, pixels: torch.Tensor,
+def gpu_augment_rate(loop: Trainer, module: torch.nn.Module, pixels: torch.Tensor,
                      labels: torch.Tensor, size: int) -> float:
     """Images per second of one epoch of the loop's step on batches augmented on the GPU
     from the uint8 images in `pixels` (resident on the device)."""
@@ -134,7 +133,7 @@ def gpu_augment_rate(loop: Loop, module: torch.nn.Module, pixels: torch.Tensor,
     return steps * batch / (time.perf_counter() - start)
 
 
-def stop_workers(loop: Loop) -> None:
+def stop_workers(loop: Trainer) -> None:
     """End the loop's persistent loader processes, so that they neither prefetch during the
     measurements that follow nor pile up across configurations."""
     for loader in (loop.train_loader, loop.val_loader):
@@ -168,7 +167,7 @@ def measure(args: argparse.Namespace, model_name: str, folder: Path, name: str,
     module = loop.forward_model(False)  # the same (compiled) module the epochs ran
     # One augmented batch, made here rather than by the (stopped) loader processes.
     images, labels = default_collate([loop.train_set[i] for i in range(args.batch_size)])
-    images = images.to(loop.device).contiguous(memory_format=input_layout(loop))
+    images = loop.model_input(images)
     labels = labels.to(loop.device)
     result["gpu_only_images_per_second"] = round(
         step_rate(loop, module, images, labels, args.ceiling_steps), 1)
@@ -322,10 +321,9 @@ def main() -> None:
                 save()
             if model_name == args.model[0] and (args.loader_workers
                                                 or args.loader_opencv_threads):
-                norm = normalisation(create_model(model_name, "none", 2))
                 augment = defaults.train.augment
                 dataset = ArrayDataset(folder / "train.npy", np.arange(args.images) % 2,
-                                       train_transform(args.size, **norm, aug=augment, seed=0))
+                                       train_transform(args.size, augment, seed=0))
                 variants = [(workers, None) for workers in args.loader_workers]
                 variants += [(args.workers, threads) for threads in args.loader_opencv_threads]
                 for workers, threads in variants:

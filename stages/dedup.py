@@ -17,18 +17,17 @@ import numpy as np
 import pandas as pd
 
 from medimg.catalog import (
-    DatasetError,
     Thresholds,
     assign_groups,
     deduplicate,
     describe_all,
     similarity_groups,
     similarity_report,
-    walk_dataset,
 )
 from medimg.contact import Tile, write_sheets
 from medimg.io import write_csv, write_json, write_npy
 from medimg.params import DataParams, DedupParams, load_params
+from medimg.walk import DatasetError, walk_dataset
 
 OUT_DIR = Path("data/dedup")
 METRICS = Path("metrics/dedup.json")

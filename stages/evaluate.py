@@ -10,20 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
 from medimg import plots
-from medimg.catalog import walk_dataset
-from medimg.data import eval_transform, prepare_image
-from medimg.devices import resolve_device
+from medimg.data import prepare_image
+from medimg.devices import reproducible_cpu, resolve_device
 from medimg.evaluation import error_analysis, full_metrics, image_statistics, shortcut_scores
 from medimg.gradcam import grad_cam, overlay
 from medimg.images import ImageError
+from medimg.inference import Classifier, as_tensor, load_classifier, normalise
 from medimg.io import atomic_path, write_csv, write_json
-from medimg.models import load_checkpoint, probabilities
 from medimg.params import Params, load_params
 from medimg.report import markdown, summary_table
+from medimg.walk import walk_dataset
 
 PREPARED = Path("data/prepared")
 MODEL_DIR = Path("models")
@@ -32,17 +31,6 @@ METRICS = Path("metrics/evaluate.json")
 PREDICTIONS = Path("metrics/predictions.csv")
 REPORT_DIR = Path("metrics/report")
 PLOTS = Path("plots/evaluate")
-
-
-def predict(model: torch.nn.Module, config: dict, pixels: np.ndarray, batch_size: int,
-            device: torch.device) -> np.ndarray:
-    transform = eval_transform(config["mean"], config["std"])
-    batches = (torch.stack([transform(image=p)["image"] for p in pixels[i:i + batch_size]])
-               for i in range(0, len(pixels), batch_size))
-    model.eval()
-    with torch.inference_mode():
-        logits = torch.cat([model(batch.to(device)).float().cpu() for batch in batches])
-    return probabilities(logits).double().numpy()
 
 
 def shortcut(parts: dict[str, pd.DataFrame], arrays: dict[str, np.ndarray],
@@ -58,8 +46,9 @@ def shortcut(parts: dict[str, pd.DataFrame], arrays: dict[str, np.ndarray],
     return {**result, "cnn_test_accuracy": cnn_accuracy, "trivial_model_reaches_0_99": best >= 0.99}
 
 
-def external(params: Params, model: torch.nn.Module, config: dict, device: torch.device) -> dict:
+def external(params: Params, classifier: Classifier) -> dict:
     """Score another folder-per-class dataset, decoded and resized like the training data."""
+    config = classifier.config
     folder = Path(params.evaluate.external_dir)
     walk = walk_dataset(folder, params.classes)
     pixels, labels, rejected = [], [], 0
@@ -70,22 +59,21 @@ def external(params: Params, model: torch.nn.Module, config: dict, device: torch
             labels.append(params.classes.index(candidate.label_name))
         except ImageError:
             rejected += 1
-    probs = predict(model, config, np.stack(pixels), params.evaluate.batch_size, device)
+    probs = classifier.predict(np.stack(pixels), params.evaluate.batch_size)
     result = full_metrics(np.asarray(labels), probs, params.classes,
                           params.evaluate.bootstrap_resamples, params.seed)
     return {**result, "rejected": rejected, "ignored": len(walk.ignored)}
 
 
-def gradcam_overlays(model: torch.nn.Module, config: dict, part: pd.DataFrame,
-                     pixels: np.ndarray, per_class: int) -> list[str]:
+def gradcam_overlays(classifier: Classifier, part: pd.DataFrame, pixels: np.ndarray,
+                     per_class: int) -> list[str]:
     """A few test images per class and outcome, with the map of the predicted class."""
-    model = model.cpu()
-    transform = eval_transform(config["mean"], config["std"])
+    model, config = classifier.backend.model.cpu(), classifier.config
     written = []
     for (name, correct), rows in part.groupby(["class", "correct"], sort=True):
         for index in rows.index[:per_class]:
-            cam = grad_cam(model, transform(image=pixels[index])["image"],
-                           config["classes"].index(part.at[index, "predicted"]))
+            image = normalise(as_tensor(pixels[index][None]), config["mean"], config["std"])
+            cam = grad_cam(model, image[0], config["classes"].index(part.at[index, "predicted"]))
             target = PLOTS / "gradcam" / (f"{name}_{'correct' if correct else 'wrong'}_"
                                           f"{Path(part.at[index, 'path']).stem}.png")
             with atomic_path(target) as tmp:
@@ -97,15 +85,15 @@ def gradcam_overlays(model: torch.nn.Module, config: dict, part: pd.DataFrame,
 def main() -> None:
     params = load_params()
     settings, classes = params.evaluate, params.classes
-    model, config = load_checkpoint(MODEL_DIR)
-    device = resolve_device("auto")
-    model.to(device)
+    reproducible_cpu(params.cpu_threads)
+    classifier = load_classifier(MODEL_DIR, device=resolve_device("auto"))
+    config = classifier.config
     parts = {s: pd.read_csv(PREPARED / f"{s}.csv", dtype={"group": str}, keep_default_na=False)
              for s in ("train", "val", "test")}
     arrays = {s: np.load(PREPARED / f"{s}.npy", mmap_mode="r") for s in parts}
     metrics, rows = {}, []
     for split in ("val", "test"):
-        probs = predict(model, config, arrays[split], settings.batch_size, device)
+        probs = classifier.predict(arrays[split], settings.batch_size)
         labels = parts[split]["label"].to_numpy()
         metrics[split] = full_metrics(labels, probs, classes, settings.bootstrap_resamples,
                                       params.seed, settings.ece_bins)
@@ -119,7 +107,7 @@ def main() -> None:
             test_labels, test_probs = labels, probs
     metrics["shortcut"] = shortcut(parts, arrays, metrics["test"]["accuracy"])
     if settings.external_dir:
-        metrics["external"] = external(params, model, config, device)
+        metrics["external"] = external(params, classifier)
     predictions = pd.concat(rows, ignore_index=True)
     write_json(METRICS, metrics)
     write_csv(PREDICTIONS, predictions)
@@ -131,7 +119,7 @@ def main() -> None:
     plots.training_history_png(PLOTS / "training_history.png", HISTORY)
     test = predictions[predictions["split"] == "test"].reset_index(drop=True)
     test["correct"] = test["class"] == test["predicted"]
-    overlays = gradcam_overlays(model, config, test, np.asarray(arrays["test"]),
+    overlays = gradcam_overlays(classifier, test, np.asarray(arrays["test"]),
                                 settings.gradcam_per_class)
 
     report = {"config": params.model_dump(), "model": {k: config[k] for k in (

@@ -15,7 +15,8 @@ import onnx
 import pandas as pd
 import torch
 
-from medimg.inference import ONNX_NAME, ONNX_SIDECAR, OnnxBackend, TorchBackend, normalise
+from medimg.devices import reproducible_cpu
+from medimg.inference import ONNX_NAME, ONNX_SIDECAR, Classifier, load_classifier
 from medimg.io import atomic_path, write_json
 from medimg.params import load_params
 
@@ -25,11 +26,11 @@ PREPARED = Path("data/prepared")
 METRICS = Path("metrics/export.json")
 
 
-def export_onnx(backend: TorchBackend, target: Path, opset: int) -> None:
-    size = backend.config["image_size"]
+def export_onnx(classifier: Classifier, target: Path, opset: int) -> None:
+    size = classifier.config["image_size"]
     example = torch.zeros(2, 3, size, size)
     with atomic_path(target) as tmp:
-        torch.onnx.export(backend.model, (example,), str(tmp), input_names=["image"],
+        torch.onnx.export(classifier.backend.model, (example,), str(tmp), input_names=["image"],
                           output_names=["logits"], opset_version=opset, dynamo=True,
                           dynamic_shapes=({0: torch.export.Dim("batch")},),
                           external_data=False, verbose=False)
@@ -67,15 +68,15 @@ def compare(reference: np.ndarray, other: np.ndarray, labels: np.ndarray) -> dic
 def main() -> None:
     params = load_params()
     settings = params.export
-    torch_backend = TorchBackend(MODEL_DIR)
-    config = torch_backend.config
-    export_onnx(torch_backend, MODEL_DIR / ONNX_NAME, settings.opset)
-    write_json(MODEL_DIR / ONNX_SIDECAR, sidecar(config))
+    reproducible_cpu(params.cpu_threads)
+    classifier = load_classifier(MODEL_DIR)
+    export_onnx(classifier, MODEL_DIR / ONNX_NAME, settings.opset)
+    write_json(MODEL_DIR / ONNX_SIDECAR, sidecar(classifier.config))
     pixels = np.load(PREPARED / "test.npy")
     labels = pd.read_csv(PREPARED / "test.csv")["label"].to_numpy()
-    batch = normalise(pixels, config["mean"], config["std"])
-    reference = torch_backend(batch)
-    onnx = compare(reference, OnnxBackend(MODEL_DIR)(batch), labels)
+    reference = classifier.predict(pixels, len(pixels))
+    onnx = compare(reference, load_classifier(MODEL_DIR, "onnx").predict(pixels, len(pixels)),
+                   labels)
     report = {"n": len(labels), "tolerance": settings.tolerance,
               "torch_accuracy": float((reference.argmax(1) == labels).mean()),
               "onnx": {**onnx, "size_mb": round(os.path.getsize(MODEL_DIR / ONNX_NAME) / 2**20, 2)}}
@@ -85,7 +86,8 @@ def main() -> None:
 
         with atomic_path(INT8_DIR / ONNX_NAME) as tmp:
             quantize_dynamic(str(MODEL_DIR / ONNX_NAME), str(tmp), weight_type=QuantType.QInt8)
-        int8 = compare(reference, OnnxBackend(MODEL_DIR, f"int8/{ONNX_NAME}")(batch), labels)
+        quantised = load_classifier(MODEL_DIR, "onnx", onnx_file=f"int8/{ONNX_NAME}")
+        int8 = compare(reference, quantised.predict(pixels, len(pixels)), labels)
         report["int8"] = {**int8,
                           "size_mb": round(os.path.getsize(INT8_DIR / ONNX_NAME) / 2**20, 2),
                           "accuracy_change": int8["accuracy"] - report["torch_accuracy"]}

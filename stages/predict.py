@@ -16,16 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
 from medimg.data import prepare_image
 from medimg.gradcam import grad_cam, overlay
 from medimg.images import ImageError
-from medimg.inference import TorchBackend, expand_inputs, load_backend, normalise
+from medimg.inference import Classifier, as_tensor, expand_inputs, load_classifier, normalise
 from medimg.io import atomic_path, write_csv
-
-DEFAULT_MAX_PIXELS = 89_478_485  # the dedup stage's default decompression-bomb limit
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,15 +39,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def decode(path: str, config: dict) -> tuple[np.ndarray | None, str]:
     try:
-        return prepare_image(Path(path), config["image_size"], config["resize"],
-                             DEFAULT_MAX_PIXELS), ""
+        return prepare_image(Path(path), config["image_size"], config["resize"]), ""
     except ImageError as err:
         return None, str(err)
 
 
 def classify(paths: list[str], args: argparse.Namespace) -> pd.DataFrame:
-    backend = load_backend(args.model, args.backend)
-    config, classes = backend.config, backend.config["classes"]
+    classifier = load_classifier(args.model, args.backend)
+    config, classes = classifier.config, classifier.config["classes"]
     rows, ready = [], []
     for path, error in expand_inputs(paths):
         pixels, error = (None, error) if error else decode(path, config)
@@ -58,23 +54,23 @@ def classify(paths: list[str], args: argparse.Namespace) -> pd.DataFrame:
                      "error": error})
         if pixels is not None:
             ready.append((len(rows) - 1, pixels))
-    for start in range(0, len(ready), args.batch_size):
-        chunk = ready[start:start + args.batch_size]
-        probs = backend(normalise(np.stack([p for _, p in chunk]), config["mean"], config["std"]))
-        for (row, pixels), prob in zip(chunk, probs, strict=True):
-            rows[row]["predicted"] = classes[int(prob.argmax())]
-            rows[row].update({f"prob_{c}": round(float(p), 6) for c, p in zip(classes, prob,
-                                                                              strict=True)})
-            if args.gradcam and args.backend == "torch":
-                save_gradcam(backend, pixels, int(prob.argmax()), rows[row]["path"], args.gradcam)
+    if not ready:
+        return pd.DataFrame(rows)
+    probs = classifier.predict(np.stack([pixels for _, pixels in ready]), args.batch_size)
+    for (row, pixels), prob in zip(ready, probs, strict=True):
+        rows[row]["predicted"] = classes[int(prob.argmax())]
+        rows[row].update({f"prob_{c}": round(float(p), 6) for c, p in zip(classes, prob,
+                                                                          strict=True)})
+        if args.gradcam and args.backend == "torch":
+            save_gradcam(classifier, pixels, int(prob.argmax()), rows[row]["path"], args.gradcam)
     return pd.DataFrame(rows)
 
 
-def save_gradcam(backend: TorchBackend, pixels: np.ndarray, target: int, path: str,
+def save_gradcam(classifier: Classifier, pixels: np.ndarray, target: int, path: str,
                  folder: Path) -> None:
-    config = backend.config
-    image = normalise(pixels[None], config["mean"], config["std"])[0]
-    cam = grad_cam(backend.model, torch.from_numpy(image), target)
+    config = classifier.config
+    image = normalise(as_tensor(pixels[None]), config["mean"], config["std"])[0]
+    cam = grad_cam(classifier.backend.model, image, target)
     name = Path(path).with_suffix("").as_posix().strip("/").replace("/", "__") + ".png"
     with atomic_path(folder / name) as tmp:
         Image.fromarray(overlay(pixels, cam)).save(tmp, format="PNG")

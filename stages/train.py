@@ -5,6 +5,7 @@ network; AdamW with warm-up and cosine schedule, early stopping on `train.monito
 best epoch is saved as models/model.safetensors + models/model.json. dvclive logs every
 epoch to metrics/train. SIGINT/SIGTERM stop cleanly after saving nothing partial;
 `train.resume: true` continues from models/last. Runs under torchrun for several GPUs.
+dvclive's system monitor logs CPU, memory and (with nvidia-ml-py) GPU use beside.
 """
 
 import signal
@@ -16,12 +17,17 @@ import timm
 import torch
 from dvclive import Live
 
-from medimg.data import ArrayDataset, eval_transform, train_transform
-from medimg.devices import close_distributed, init_distributed, resolve_device
+from medimg.data import ArrayDataset, train_transform
+from medimg.devices import (
+    close_distributed,
+    init_distributed,
+    reproducible_cpu,
+    resolve_device,
+)
 from medimg.hashing import file_sha256
 from medimg.models import create_model, normalisation, save_checkpoint
 from medimg.params import Params, load_params
-from medimg.training import EpochLog, Interrupted, Loop, seed_everything
+from medimg.training import EpochLog, Interrupted, Trainer, seed_everything
 
 PREPARED = Path("data/prepared")
 MODEL_DIR = Path("models")
@@ -44,12 +50,11 @@ class StopFlag:
         return self.raised
 
 
-def datasets(params: Params, norm: dict) -> tuple[ArrayDataset, ArrayDataset]:
+def datasets(params: Params) -> tuple[ArrayDataset, ArrayDataset]:
     labels = {name: pd.read_csv(PREPARED / f"{name}.csv")["label"] for name in ("train", "val")}
-    augment = train_transform(params.prepare.image_size, **norm, aug=params.train.augment,
-                              seed=params.seed)
+    augment = train_transform(params.prepare.image_size, params.train.augment, params.seed)
     return (ArrayDataset(PREPARED / "train.npy", labels["train"], augment),
-            ArrayDataset(PREPARED / "val.npy", labels["val"], eval_transform(**norm)))
+            ArrayDataset(PREPARED / "val.npy", labels["val"]))
 
 
 def log_metrics(live: Live, metrics: dict[str, float]) -> None:
@@ -68,44 +73,47 @@ def log_epoch(live: Live, log: EpochLog) -> None:
 def main() -> None:
     params = load_params()
     train = params.train
+    reproducible_cpu(params.cpu_threads)
     device = resolve_device(train.device)
     rank, world = init_distributed(device)
     seed_everything(params.seed, train.deterministic)
     model = create_model(params.model.name, params.model.pretrained, len(params.classes))
-    norm = normalisation(model)
-    train_set, val_set = datasets(params, norm)
-    loop = Loop(model, train_set, val_set, train, params.seed, len(params.classes), device,
-                STATE_DIR, rank, world, stop_requested=StopFlag())
-    resumed = train.resume and loop.load_state()
+    train_set, val_set = datasets(params)
+    trainer = Trainer(model, train_set, val_set, train, params.seed, len(params.classes),
+                      device, STATE_DIR, rank, world, stop_requested=StopFlag())
+    resumed = train.resume and trainer.load_state()
     if resumed:
-        print(f"train: resuming after epoch {loop.start_epoch - 1}")
+        print(f"train: resuming after epoch {trainer.start_epoch - 1}")
     elif train.resume:
         print(f"train: train.resume is set but {STATE_DIR} holds no state; starting afresh")
-    live = Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) if rank == 0 else None
-    for earlier in loop.history if live else []:  # dvclive's files start afresh in a stage
+    live = (Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, monitor_system=True)
+            if rank == 0 else None)
+    for earlier in trainer.history if live else []:  # dvclive's files start afresh in a stage
         log_metrics(live, earlier)
     try:
-        best = loop.fit(on_epoch=lambda log: log_epoch(live, log) if live else None)
+        best = trainer.fit(on_epoch=lambda log: log_epoch(live, log) if live else None)
+        if live is not None:
+            live.summary["best"] = {"epoch": best.epoch, train.monitor: best.value,
+                                    "val_loss": best.loss}
     except Interrupted as stop:
-        saved = (f"epochs 0 to {len(loop.history) - 1} are saved in {STATE_DIR}; rerun with "
-                 "train.resume: true to continue") if loop.history else "no epoch was completed"
+        saved = (f"epochs 0 to {len(trainer.history) - 1} are saved in {STATE_DIR}; rerun "
+                 "with train.resume: true to continue") if trainer.history else (
+                 "no epoch was completed")
         print(f"train: {stop}; {saved}", file=sys.stderr)
         sys.exit(130)
     finally:
+        if live is not None:
+            live.end()  # also stops the system monitor's thread, which would keep us alive
         close_distributed()
     if live is None:
         return
-    live.summary["best"] = {"epoch": best.epoch, train.monitor: best.value,
-                            "val_loss": best.loss}
-    live.end()
     model.load_state_dict(best.state)
     save_checkpoint(MODEL_DIR, model, {
         "model": params.model.name,
         "classes": params.classes,
         "image_size": params.prepare.image_size,
         "resize": params.prepare.resize,
-        **norm,
-        "threshold": 0.5,
+        **normalisation(model),
         "pretrained": params.model.pretrained,
         "train": train.model_dump(),
         "seed": params.seed,

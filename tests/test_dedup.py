@@ -13,9 +13,10 @@ import dedup
 import split
 from conftest import REPO, noise_image, save
 from medimg import perceptual
-from medimg.catalog import DatasetError, Thresholds, assign_groups, deduplicate, walk_dataset
+from medimg.catalog import Thresholds, assign_groups, deduplicate
 from medimg.edits import view_hashes
 from medimg.perceptual import detail_correlation, near_pairs, phash
+from medimg.walk import DatasetError, walk_dataset
 
 
 def use_dataset(tmp_path: Path, monkeypatch, classes: list[str], **data) -> Path:

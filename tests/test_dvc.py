@@ -143,6 +143,7 @@ def test_edited_stage_script_reruns_it_and_what_follows(repo: Path) -> None:
         assert ran(run([*DVC, "repro"], repo)) == expected
 
 
+@pytest.mark.dvc_features
 def test_reverted_params_restore_outputs_from_the_run_cache(repo: Path) -> None:
     original = (repo / "models/model.safetensors").read_bytes()
     set_params(repo, train__lr=1e-3)
@@ -171,6 +172,7 @@ def learning_rates(node: object) -> list[float]:
     return found
 
 
+@pytest.mark.dvc_features
 def test_experiments_show_baseline_and_experiment_and_queue_completes(repo: Path) -> None:
     run([*DVC, "exp", "run", "-S", "train.lr=1e-3"], repo)
     assert {3e-4, 1e-3} <= set(learning_rates(json.loads(run([*DVC, "exp", "show", "--json"],
@@ -213,6 +215,7 @@ def round_trip(repo: Path, tmp_path: Path, remote: list[str], env: dict | None =
     assert ran(run([*DVC, "repro"], clone, env)) == set()
 
 
+@pytest.mark.dvc_features
 def test_local_remote_push_pull_round_trip(repo: Path, tmp_path: Path) -> None:
     round_trip(repo, tmp_path, ["store", str(tmp_path / "remote")])
     # The model is declared under `artifacts:`; a registered version can be fetched by name.
@@ -224,6 +227,7 @@ def test_local_remote_push_pull_round_trip(repo: Path, tmp_path: Path) -> None:
     assert filecmp.cmp(artifact, repo / "models/model.safetensors", shallow=False)
 
 
+@pytest.mark.dvc_features
 def test_s3_remote_round_trip_against_a_loopback_server(repo: Path, tmp_path: Path,
                                                        monkeypatch) -> None:
     boto3 = pytest.importorskip("boto3")
@@ -258,6 +262,7 @@ def test_s3_remote_round_trip_against_a_loopback_server(repo: Path, tmp_path: Pa
         server.stop()
 
 
+@pytest.mark.dvc_features
 def test_bring_data_in_with_add_and_import(repo: Path, tmp_path: Path) -> None:
     source = tmp_path / "source"
     source.mkdir()

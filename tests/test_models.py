@@ -10,11 +10,13 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from medimg.data import eval_transform, resize_square
+from medimg.data import resize_square
+from medimg.inference import Classifier, TorchBackend
 from medimg.models import (
     convert_lite0,
     create_model,
     load_checkpoint,
+    normalisation,
     packaged_lite0_source,
     probabilities,
     save_checkpoint,
@@ -40,12 +42,9 @@ def test_conversion_is_byte_for_byte_repeatable(lite0_weights, tmp_path) -> None
 def test_converted_lite0_knows_imagenet(lite0_weights) -> None:
     model = timm.create_model("tf_efficientnet_lite0", pretrained=True,
                               pretrained_cfg_overlay={"file": str(lite0_weights)}).eval()
-    cfg = model.pretrained_cfg
     image = Image.open(str(files("skimage") / "data" / "chelsea.png")).convert("RGB")
     pixels = resize_square(np.asarray(image), 224, "squash")
-    tensor = eval_transform(cfg["mean"], cfg["std"])(image=pixels)["image"]
-    with torch.inference_mode():
-        probs = model(tensor[None]).softmax(dim=1)[0]
+    probs = Classifier(TorchBackend(model), normalisation(model)).predict(pixels[None], 1)[0]
     assert int(probs.argmax()) == 285  # Egyptian cat
     assert float(probs[285]) > 0.5
 

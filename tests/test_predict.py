@@ -10,10 +10,11 @@ from torch.utils.data import Dataset
 import predict
 from conftest import REPO, save
 from export import export_onnx
-from medimg.inference import ONNX_NAME, TorchBackend, expand_inputs, normalise
+from medimg.inference import ONNX_NAME, expand_inputs, load_classifier
 from medimg.models import create_model, normalisation, save_checkpoint
 from medimg.params import load_params
-from medimg.training import Loop, seed_everything
+from medimg.training import Trainer, seed_everything
+from prepare import write_split
 
 CLASSES = ["grey", "red"]
 
@@ -26,10 +27,10 @@ def picture(seed: int, red: bool, size: int = 40) -> np.ndarray:
 
 
 class Pictures(Dataset):
-    def __init__(self, count: int, mean: list[float], std: list[float]) -> None:
+    def __init__(self, count: int) -> None:
         self.labels = np.arange(count) % 2
-        raw = np.stack([picture(i, bool(label), 32) for i, label in enumerate(self.labels)])
-        self.images = torch.from_numpy(normalise(raw, mean, std))
+        self.images = torch.from_numpy(
+            np.stack([picture(i, bool(label), 32) for i, label in enumerate(self.labels)]))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -47,7 +48,7 @@ def model_dir(tmp_path_factory) -> Path:
     norm = normalisation(model)
     train = load_params(REPO / "params.yaml").train.model_copy(update={
         "epochs": 4, "freeze_epochs": 0, "batch_size": 8, "lr": 1e-2, "device": "cpu"})
-    Loop(model, Pictures(32, **norm), Pictures(8, **norm), train, seed=0, num_classes=2).fit()
+    Trainer(model, Pictures(32), Pictures(8), train, seed=0, num_classes=2).fit()
     save_checkpoint(folder, model, {"model": "test_efficientnet", "classes": CLASSES,
                                     "image_size": 32, "resize": "squash", **norm})
     return folder
@@ -87,6 +88,23 @@ def test_folder_with_good_and_broken_files(model_dir, tmp_path) -> None:
     assert (table.loc[[str(folder / "empty.png")], "predicted"] == "").all()
 
 
+def test_evaluate_and_predict_give_the_same_probabilities_for_the_same_files(model_dir,
+                                                                            tmp_path) -> None:
+    folder = mixed_folder(tmp_path)
+    files = [folder / name for name in ("g1.png", "r1.png", "nested/g2.jpg", "nested/r2.webp")]
+    # evaluate's way: the prepare stage's array of the split, scored in evaluate's batches.
+    write_split(tmp_path / "test.npy", files, 32, "squash", workers=1)
+    batch_size = load_params(REPO / "params.yaml").evaluate.batch_size
+    evaluated = load_classifier(model_dir).predict(np.load(tmp_path / "test.npy", mmap_mode="r"),
+                                                   batch_size)
+    out = tmp_path / "predicted.csv"
+    assert predict.main([*map(str, files), "--model", str(model_dir), "--batch-size", "3",
+                         "--out", str(out)]) == 0
+    predicted = pd.read_csv(out)[["prob_grey", "prob_red"]].to_numpy()
+    assert np.abs(predicted - evaluated).max() <= 1e-6  # predict rounds to 6 decimals
+    assert evaluated[:, 1].round().tolist() == [0, 1, 0, 1]
+
+
 def test_exit_status_is_non_zero_only_when_nothing_was_classified(model_dir, tmp_path) -> None:
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"")
@@ -110,7 +128,7 @@ def test_json_output_globs_and_gradcam(model_dir, tmp_path) -> None:
 
 
 def test_onnx_backend_matches_torch(model_dir, tmp_path) -> None:
-    export_onnx(TorchBackend(model_dir), model_dir / ONNX_NAME, opset=18)
+    export_onnx(load_classifier(model_dir), model_dir / ONNX_NAME, opset=18)
     folder = mixed_folder(tmp_path)
     results = {}
     for backend in ("torch", "onnx"):

@@ -89,6 +89,7 @@ def test_views_link_every_image_under_its_class(tmp_path) -> None:
     assert (tmp_path / "original/breast_histo/1001/0").is_dir()
 
 
+@pytest.mark.slow
 def test_a_run_writes_its_results_file(tmp_path) -> None:
     root = fake_datasets(tmp_path / "data")
     done = run_driver("c_idc_patient", "--data", str(root), "--work", str(tmp_path / "work"),

@@ -19,7 +19,7 @@ from medimg.params import TrainParams, load_params
 from medimg.training import (
     Best,
     Interrupted,
-    Loop,
+    Trainer,
     loss_function,
     seed_everything,
     warmup_cosine,
@@ -32,8 +32,9 @@ class TinySet(Dataset):
     def __init__(self, count: int, num_classes: int, seed: int) -> None:
         rng = np.random.default_rng(seed)
         self.labels = np.arange(count) % num_classes
-        shift = torch.from_numpy(self.labels).float()[:, None, None, None]
-        self.images = torch.from_numpy(rng.normal(0, 1, (count, 3, 32, 32))).float() + shift
+        noise = rng.integers(0, 160, (count, 32, 32, 3))
+        shift = 90 * self.labels[:, None, None, None] // max(num_classes - 1, 1)
+        self.images = torch.from_numpy((noise + shift).astype(np.uint8))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -50,10 +51,10 @@ def settings(**changes) -> TrainParams:
 
 
 def make_loop(num_classes: int = 2, state_dir: Path | None = None, stop=lambda: False,
-              **changes) -> Loop:
+              **changes) -> Trainer:
     seed_everything(0)
     model = create_model(TINY, "none", num_classes)
-    return Loop(model, TinySet(32, num_classes, 1), TinySet(16, num_classes, 2),
+    return Trainer(model, TinySet(32, num_classes, 1), TinySet(16, num_classes, 2),
                 settings(**changes), seed=0, num_classes=num_classes, state_dir=state_dir,
                 stop_requested=stop)
 
@@ -120,6 +121,22 @@ def test_early_stopping_after_patience_epochs_without_improvement() -> None:
     loss_best = Best(mode="min")
     loss_best.update(0, 0.5, 0.5, model)
     assert loss_best.update(1, 0.4, 0.4, model) and not loss_best.update(2, 0.6, 0.1, model)
+
+
+def test_biases_and_batch_norm_get_no_weight_decay_and_the_head_its_own_lr() -> None:
+    trainer = make_loop(lr=1e-2, backbone_lr_scale=0.1, weight_decay=0.05)
+    head = {id(p) for p in trainer.model.get_classifier().parameters()}
+    names = {id(p): name for name, p in trainer.model.named_parameters()}
+    grouped = [id(p) for group in trainer.optimizer.param_groups for p in group["params"]]
+    assert sorted(grouped) == sorted(names)  # every parameter exactly once
+    for group in trainer.optimizer.param_groups:
+        for parameter in group["params"]:
+            plain = parameter.ndim <= 1  # biases, batch-norm scales and shifts
+            assert group["weight_decay"] == (0.0 if plain else 0.05), names[id(parameter)]
+            assert group["name"] == ("head" if id(parameter) in head else "backbone")
+            assert group["lr"] == pytest.approx(1e-2 if id(parameter) in head else 1e-3)
+    assert any(".bn" in names[id(p)] for g in trainer.optimizer.param_groups
+               if g["weight_decay"] == 0.0 for p in g["params"])
 
 
 def test_same_seed_runs_give_identical_weights() -> None:
@@ -239,7 +256,7 @@ class SlowSet(TinySet):
 
 def test_data_wait_is_measured_and_logged() -> None:
     seed_everything(0)
-    loop = Loop(create_model(TINY, "none", 2), SlowSet(32, 0.01), TinySet(8, 2, 2),
+    loop = Trainer(create_model(TINY, "none", 2), SlowSet(32, 0.01), TinySet(8, 2, 2),
                 settings(epochs=1, freeze_epochs=0), seed=0, num_classes=2)
     logs = []
     loop.fit(on_epoch=logs.append)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from medimg.inference import normalise
 from medimg.params import AugmentParams
 
 
@@ -46,8 +47,7 @@ class GpuAugment:
                  ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
         self.size, self.aug, self.device, self.ratio = size, aug, device, ratio
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        self.mean, self.std = mean, std
         k = max(3, aug.blur_limit | 1)  # odd kernel
         self.pad = k // 2
         self.gauss = gaussian_kernel(k).to(device).expand(3, 1, k, k).contiguous()
@@ -107,5 +107,5 @@ class GpuAugment:
         x = x + noise * sigma.view(n, 1, 1, 1)
         x = self.blurred(x, self.chance(n, a.motion_blur_p), motion=True)
         x = self.blurred(x, self.chance(n, a.gaussian_blur_p), motion=False)
-        x = (x.clamp_(0.0, 1.0) - self.mean) / self.std
+        x = normalise(x.clamp_(0.0, 1.0).permute(0, 2, 3, 1), self.mean, self.std)
         return x.contiguous(memory_format=torch.channels_last)

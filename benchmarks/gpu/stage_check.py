@@ -43,11 +43,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "stages"))
 
-from medimg.inference import normalise  # noqa: E402
-from medimg.models import PACKAGED_WEIGHTS, load_checkpoint, probabilities  # noqa: E402
+from medimg.inference import Classifier, TorchBackend, load_classifier  # noqa: E402
+from medimg.models import PACKAGED_WEIGHTS  # noqa: E402
 
 SPLITS = ("train", "val", "test")
-GPU_KEYS = ("gpu/peak_allocated_gb", "gpu/0/utilization_percent", "gpu/0/memory_used_gb")
+# PyTorch's peak, then what dvclive's system monitor reads from NVML.
+GPU_KEYS = ("gpu/peak_allocated_gb", "system/gpu/usage (%)/0", "system/vram/usage (GB)/0")
 
 
 def pack(folder: Path, prepared: Path) -> None:
@@ -121,21 +122,17 @@ def dvclive_figures(work: Path) -> dict:
 
 def predictions(work: Path, device: torch.device) -> dict:
     """The saved checkpoint's test probabilities on the CPU and on `device`."""
-    model, config = load_checkpoint(work / "models")  # on the CPU, as evaluate loads it
+    classifier = load_classifier(work / "models")  # on the CPU, as evaluate loads it
     pixels = np.load(work / "data" / "prepared" / "test.npy")
-    batch = torch.from_numpy(normalise(pixels, config["mean"], config["std"]))
-    with torch.inference_mode():
-        cpu = probabilities(model(batch).float()).double().numpy()
+    cpu = classifier.predict(pixels, len(pixels))
     result = {"n": len(cpu), "cpu_probabilities": cpu[:, 1].round(6).tolist()}
     if device.type == "cpu":
         return result
-    model.to(device)
+    model = classifier.backend.model
     for name, bf16 in (("fp32", False), ("bf16_channels_last", True)):
-        layout = torch.channels_last if bf16 else torch.contiguous_format
-        model.to(memory_format=layout)
-        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            logits = model(batch.to(device).contiguous(memory_format=layout)).float().cpu()
-        on_device = probabilities(logits).double().numpy()
+        model.to(memory_format=torch.channels_last if bf16 else torch.contiguous_format)
+        on_device = Classifier(TorchBackend(model, device, bf16),
+                               classifier.config).predict(pixels, len(pixels))
         result[f"{device.type}_{name}"] = {
             "max_abs_probability_difference": float(np.abs(on_device - cpu).max()),
             "labels_identical": bool((on_device.argmax(1) == cpu.argmax(1)).all())}

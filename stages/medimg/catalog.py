@@ -1,11 +1,10 @@
-"""Walk a folder-per-class dataset, hash and decode every file, and find duplicates.
+"""Hash and decode every file of a walked dataset (`medimg.walk`), and find duplicates.
 
 Every file under the raw folder ends in exactly one table: kept (the catalog),
 duplicate, conflict, rejected or ignored, so nothing is silently lost.
 """
 
 import multiprocessing
-import os
 import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from medimg.edits import (
     view_hashes,
 )
 from medimg.hashing import file_sha256, pixel_sha256
-from medimg.images import ImageError, is_image_name, load_image
+from medimg.images import ImageError, load_image
 from medimg.perceptual import (
     THUMB_SIZE,
     detail_vectors,
@@ -37,92 +36,10 @@ from medimg.perceptual import (
     near_pairs,
     near_pairs_between,
     phash,
+    phash_text,
+    phash_values,
     thumbnail,
 )
-
-OS_FILES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
-
-
-class DatasetError(SystemExit):
-    """A dataset that cannot be used at all; the message says why, in one line."""
-
-
-@dataclass(frozen=True)
-class Candidate:
-    path: str  # relative to the raw folder, with forward slashes
-    label_name: str  # the class folder
-    origin: str  # the folders above the class folder ("Training"), or ""
-
-
-@dataclass(frozen=True)
-class Walk:
-    candidates: list[Candidate]
-    ignored: list[tuple[str, str]]  # (relative path, reason)
-
-
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".") or name.lower() in OS_FILES
-
-
-def _files(raw_dir: Path, ignored: list[tuple[str, str]]) -> list[str]:
-    """Relative paths of all files, following each linked folder once; loops are reported."""
-    seen: set[str] = set()
-    found = []
-    for folder, subfolders, names in os.walk(raw_dir, followlinks=True):
-        real = os.path.realpath(folder)
-        rel_folder = Path(folder).relative_to(raw_dir)
-        if real in seen:
-            ignored.append((rel_folder.as_posix(), "folder link seen before (loop or repeat)"))
-            subfolders.clear()
-            continue
-        seen.add(real)
-        # Real folders before links to them, so a file keeps its own path when it can.
-        subfolders.sort(key=lambda name: (os.path.islink(os.path.join(folder, name)), name))
-        found.extend((rel_folder / name).as_posix() for name in sorted(names))
-    return found
-
-
-def _class_folders(raw_dir: Path, class_level: int) -> set[str]:
-    level = [raw_dir]
-    for _ in range(class_level):
-        level = [child for folder in level for child in sorted(folder.iterdir())
-                 if child.is_dir() and not _is_hidden(child.name)]
-    return {folder.name for folder in level}
-
-
-def walk_dataset(raw_dir: Path, classes: list[str], class_level: int = 1,
-                 skip: frozenset[str] = frozenset()) -> Walk:
-    """List image candidates under the class folders at depth `class_level`; every other
-    file is ignored with a reason."""
-    if not raw_dir.is_dir():
-        raise DatasetError(f"data.raw_dir: folder {raw_dir} does not exist")
-    folders = _class_folders(raw_dir, class_level)
-    unknown = sorted(folders - set(classes))
-    if unknown:
-        raise DatasetError(f"{raw_dir}: class folder(s) {unknown} not listed in params "
-                           f"'classes' {classes}")
-    missing = [name for name in classes if name not in folders]
-    if missing:
-        raise DatasetError(f"{raw_dir}: class folder(s) {missing} from params 'classes' "
-                           f"not found")
-    candidates: list[Candidate] = []
-    ignored: list[tuple[str, str]] = []
-    for rel in _files(raw_dir, ignored):
-        parts = rel.split("/")
-        if rel in skip:
-            continue
-        if any(_is_hidden(part) for part in parts):
-            ignored.append((rel, "hidden or OS file"))
-        elif len(parts) <= class_level:
-            ignored.append((rel, "outside any class folder"))
-        elif not is_image_name(Path(rel)):
-            ignored.append((rel, "not an image file type"))
-        else:
-            origin = "/".join(parts[:class_level - 1])
-            candidates.append(Candidate(rel, parts[class_level - 1], origin))
-    if not candidates:
-        raise DatasetError(f"{raw_dir}: no image files found in the class folders")
-    return Walk(candidates=candidates, ignored=ignored)
 
 
 def describe(rel: str, raw_dir: Path, min_side: int, max_pixels: int) -> dict:
@@ -143,7 +60,7 @@ def describe(rel: str, raw_dir: Path, min_side: int, max_pixels: int) -> dict:
         "path": rel,
         "sha256": file_sha256(path),
         "pixel_sha256": pixel_sha256(decoded.pixels),
-        "phash": f"{phash(thumb):016x}",
+        "phash": phash_text(phash(thumb)),
         "width": width,
         "height": height,
         "mode": decoded.mode,
@@ -405,7 +322,7 @@ def deduplicate(table: pd.DataFrame, thumbs: np.ndarray, greys: list[np.ndarray]
     exact_rep = position.groupby(ordered["sha256"]).transform("min").to_numpy()
     pixel_rep = position.groupby(ordered["pixel_sha256"]).transform("min").to_numpy()
 
-    hashes = np.array([int(h, 16) for h in ordered["phash"]], dtype=np.uint64)
+    hashes = phash_values(ordered["phash"])
     unique = np.flatnonzero(pixel_rep == position)
     near_rep, near_score, near_edit = _near_representatives(unique, hashes, thumbs, greys,
                                                             views, limits, workers)
@@ -472,7 +389,7 @@ def similarity_groups(kept: pd.DataFrame, thumbs: np.ndarray, max_distance: int,
                       ) -> tuple[pd.Series, pd.Series]:
     """Join the split groups of highly similar images (neighbouring slices, patches of one
     slide): they are real, distinct data, but must never straddle train and test."""
-    hashes = np.array([int(h, 16) for h in kept["phash"]], dtype=np.uint64)
+    hashes = phash_values(kept["phash"])
     cluster = similarity_clusters(hashes, thumbs, max_distance, min_correlation, min_linkage)
     group = kept["group"].to_numpy()
     links = list(zip(group[cluster], group, strict=True))

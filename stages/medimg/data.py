@@ -1,4 +1,7 @@
-"""Resizing, prepared arrays, datasets and albumentations transforms."""
+"""Resizing, prepared arrays, datasets and the albumentations training augmentations.
+
+Datasets yield uint8 H x W x 3 images; `medimg.inference.normalise` turns a batch into
+model input on the device, the same way for training and every prediction."""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -6,11 +9,10 @@ from pathlib import Path
 import albumentations as A
 import numpy as np
 import torch
-from albumentations.pytorch import ToTensorV2
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from medimg.images import load_rgb
+from medimg.images import DEFAULT_MAX_PIXELS, load_rgb
 from medimg.params import AugmentParams
 
 RESIZE_POLICIES = ("squash", "pad", "crop")
@@ -33,17 +35,13 @@ def resize_square(pixels: np.ndarray, size: int, policy: str) -> np.ndarray:
 
 
 def prepare_image(path: Path, size: int, policy: str,
-                  max_pixels: int | None = None) -> np.ndarray:
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode with the shared rules and resize: what every model input starts from."""
     return resize_square(load_rgb(path, max_pixels), size, policy)
 
 
-def eval_transform(mean: Sequence[float], std: Sequence[float]) -> A.Compose:
-    return A.Compose([A.Normalize(mean=mean, std=std), ToTensorV2()])
-
-
-def train_transform(size: int, mean: Sequence[float], std: Sequence[float],
-                    aug: AugmentParams, seed: int) -> A.Compose:
+def train_transform(size: int, aug: AugmentParams, seed: int) -> A.Compose:
+    """The training augmentations, uint8 image in, uint8 image out."""
     return A.Compose([
         A.RandomResizedCrop(size=(size, size), scale=(aug.crop_scale_min, 1.0)),
         A.HorizontalFlip(p=aug.hflip),
@@ -55,15 +53,22 @@ def train_transform(size: int, mean: Sequence[float], std: Sequence[float],
         A.GaussNoise(std_range=(0.0, aug.noise_std), p=aug.noise_p),
         A.MotionBlur(blur_limit=(3, aug.blur_limit), p=aug.motion_blur_p),
         A.GaussianBlur(blur_limit=(3, aug.blur_limit), p=aug.gaussian_blur_p),
-        A.Normalize(mean=mean, std=std),
-        ToTensorV2(),
     ], seed=seed)
 
 
-class ArrayDataset(Dataset):
-    """Prepared images from an N x H x W x 3 uint8 .npy file, read through a memory map."""
+def as_item(pixels: np.ndarray, transform: A.Compose | None) -> torch.Tensor:
+    """One dataset item: the (augmented) uint8 H x W x 3 image as a tensor."""
+    if transform is not None:
+        pixels = transform(image=pixels)["image"]
+    return torch.from_numpy(np.ascontiguousarray(pixels))
 
-    def __init__(self, array_path: Path, labels: Sequence[int], transform: A.Compose) -> None:
+
+class ArrayDataset(Dataset):
+    """Prepared images from an N x H x W x 3 uint8 .npy file, read through a memory map,
+    augmented by `transform` if given."""
+
+    def __init__(self, array_path: Path, labels: Sequence[int],
+                 transform: A.Compose | None = None) -> None:
         self.array_path = Path(array_path)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.transform = transform
@@ -75,15 +80,14 @@ class ArrayDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         if self._array is None:
             self._array = np.load(self.array_path, mmap_mode="r")
-        pixels = np.array(self._array[index])
-        return self.transform(image=pixels)["image"], int(self.labels[index])
+        return as_item(np.array(self._array[index]), self.transform), int(self.labels[index])
 
 
 class FileDataset(Dataset):
     """Images decoded from their files on every access (what prepared arrays avoid)."""
 
     def __init__(self, paths: Sequence[Path], labels: Sequence[int], size: int, policy: str,
-                 transform: A.Compose) -> None:
+                 transform: A.Compose | None = None) -> None:
         self.paths = list(paths)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.size, self.policy, self.transform = size, policy, transform
@@ -93,4 +97,4 @@ class FileDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         pixels = prepare_image(self.paths[index], self.size, self.policy)
-        return self.transform(image=pixels)["image"], int(self.labels[index])
+        return as_item(pixels, self.transform), int(self.labels[index])

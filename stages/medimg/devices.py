@@ -1,6 +1,7 @@
 """Devices, mixed precision, GPU metrics and torch.distributed, in one place."""
 
 import os
+import platform
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -22,6 +23,15 @@ def resolve_device(name: str) -> torch.device:
             raise SystemExit("train.device: cuda requested but no CUDA device is available")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(name)
+
+
+def reproducible_cpu(threads: int) -> None:
+    """The same arithmetic on every x86_64 CPU: oneDNN capped at its AVX2 kernels (on an
+    AVX-512 machine it would pick others, whose sums round differently) and a fixed number
+    of threads. Takes effect only before the process's first convolution."""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+    torch.set_num_threads(threads)
 
 
 def autocast(device: torch.device, bf16: bool) -> AbstractContextManager:
@@ -65,44 +75,12 @@ def rank_zero_decides(flag: bool) -> bool:
     return bool(value.item())
 
 
-class GpuMonitor:
-    """Peak allocated memory from PyTorch and utilisation and memory per GPU from NVML,
-    sampled during the epoch: NVML's utilisation is the share of time a kernel ran."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.enabled = device.type == "cuda"
-        self.handles: list = []
-        self.samples: list[list[tuple[float, float]]] = []
-        if self.enabled:
-            try:
-                import pynvml
-
-                pynvml.nvmlInit()
-                self.nvml = pynvml
-                self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i)
-                                for i in range(pynvml.nvmlDeviceGetCount())]
-            except Exception:  # NVML missing: keep PyTorch's own figures
-                self.handles = []
-            torch.cuda.reset_peak_memory_stats(device)
-        self.device = device
-
-    def sample(self) -> None:
-        for index, handle in enumerate(self.handles):
-            rates = self.nvml.nvmlDeviceGetUtilizationRates(handle)
-            memory = self.nvml.nvmlDeviceGetMemoryInfo(handle)
-            while len(self.samples) <= index:
-                self.samples.append([])
-            self.samples[index].append((rates.gpu, memory.used / 2**30))
-
-    def epoch_metrics(self) -> dict[str, float]:
-        if not self.enabled:
-            return {}
-        metrics = {"gpu/peak_allocated_gb": torch.cuda.max_memory_allocated(self.device) / 2**30}
-        for index, samples in enumerate(self.samples):
-            if samples:
-                metrics[f"gpu/{index}/utilization_percent"] = sum(s[0] for s in samples) / len(
-                    samples)
-                metrics[f"gpu/{index}/memory_used_gb"] = max(s[1] for s in samples)
-        self.samples = []
-        torch.cuda.reset_peak_memory_stats(self.device)
-        return metrics
+def peak_memory_gb(device: torch.device) -> dict[str, float]:
+    """PyTorch's peak allocated memory on a CUDA device since the last call, as a metric
+    (none elsewhere). Utilisation and the memory NVML sees come from dvclive's system
+    monitor."""
+    if device.type != "cuda":
+        return {}
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return {"gpu/peak_allocated_gb": peak}

@@ -11,18 +11,17 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
-    accuracy_score,
     average_precision_score,
     balanced_accuracy_score,
     brier_score_loss,
-    f1_score,
     log_loss,
     matthews_corrcoef,
     precision_recall_fscore_support,
-    roc_auc_score,
 )
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from medimg.metrics import accuracy, macro_f1, roc_auc
 
 Z95 = 1.959963984540054
 
@@ -96,14 +95,7 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
 
 
 def _macro_f1(labels: np.ndarray, probs: np.ndarray) -> float:
-    return float(f1_score(labels, probs.argmax(axis=1), average="macro",
-                          labels=np.arange(probs.shape[1]), zero_division=0))
-
-
-def _auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    if probs.shape[1] == 2:
-        return float(roc_auc_score(labels, probs[:, 1]))
-    return float(roc_auc_score(labels, probs, multi_class="ovr", labels=np.arange(probs.shape[1])))
+    return macro_f1(labels, probs.argmax(axis=1), probs.shape[1])
 
 
 def with_interval(result: dict, name: str, value: float | None,
@@ -129,7 +121,7 @@ def full_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], resa
         result[f"precision_{average}"] = float(precision)
         result[f"recall_{average}"] = float(recall)
         if average == "macro":
-            with_interval(result, "f1_macro", float(f1),
+            with_interval(result, "f1_macro", _macro_f1(labels, probs),
                           bootstrap_interval(labels, probs, _macro_f1, resamples, seed))
         else:
             result["f1_weighted"] = float(f1)
@@ -147,8 +139,8 @@ def full_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], resa
         with_interval(result, "specificity", rejections / max(negative.sum(), 1),
                       wilson_interval(rejections, int(negative.sum())))
     if two_sided:
-        with_interval(result, "roc_auc", _auc(labels, probs),
-                      bootstrap_interval(labels, probs, _auc, resamples, seed))
+        with_interval(result, "roc_auc", roc_auc(labels, probs),
+                      bootstrap_interval(labels, probs, roc_auc, resamples, seed))
         if len(classes) == 2:
             result["average_precision"] = float(average_precision_score(labels, probs[:, 1]))
         else:
@@ -193,5 +185,5 @@ def shortcut_scores(train_features: np.ndarray, train_labels: np.ndarray,
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     model.fit(train_features, train_labels)
     predicted = model.predict(test_features)
-    return {"accuracy": float(accuracy_score(test_labels, predicted)),
-            "f1_macro": float(f1_score(test_labels, predicted, average="macro", zero_division=0))}
+    return {"accuracy": accuracy(test_labels, predicted),
+            "f1_macro": macro_f1(test_labels, predicted)}

@@ -10,7 +10,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"})
 
-# Our own limit (dedup.max_pixels) decides; Pillow's global guard would raise first.
+# Pillow's own decompression-bomb guard, the starting value of dedup.max_pixels and the
+# limit predict applies. Our limit decides: Pillow's global guard would raise first.
+DEFAULT_MAX_PIXELS = 89_478_485
 Image.MAX_IMAGE_PIXELS = None
 
 

@@ -1,19 +1,107 @@
-"""Running a trained model on images: input expansion, preprocessing as in training, and
-two backends (PyTorch and ONNX Runtime) behind one call."""
+"""Pixels to probabilities, one way for everything that runs a model: validation during
+training, evaluate, export's parity check, predict and anything later.
+
+Images arrive decoded and resized, uint8 N x H x W x 3 (as the prepare stage stores them
+and `prepare_image` returns them). `normalise` is the only normalisation; `Classifier`
+runs them batch by batch through a backend, a PyTorch module on any device or an ONNX
+Runtime session, and `Classifier.logits` is the only batched-inference loop.
+"""
 
 import glob
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from medimg.devices import autocast
 from medimg.images import is_image_name
 from medimg.io import read_json
-from medimg.models import load_checkpoint, probabilities
+from medimg.models import CONFIG_NAME, load_checkpoint, probabilities
 
 ONNX_NAME = "model.onnx"
 ONNX_SIDECAR = "model.onnx.json"
+CPU = torch.device("cpu")
+
+
+def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """N x H x W x 3 images, uint8 (0 to 255) or float (0 to 1), to float32 N x 3 x H x W
+    standardised with the pretrained weights' mean and std, on the images' device."""
+    values = images.permute(0, 3, 1, 2).float()
+    if images.dtype == torch.uint8:
+        values = values / 255.0
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=values.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=values.device).view(1, -1, 1, 1)
+    return ((values - mean_t) / std_t).contiguous()
+
+
+def as_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    # np.array copies: a slice of a read-only memory map cannot back a tensor.
+    return images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))
+
+
+class TorchBackend:
+    """A PyTorch module on a device, under bf16 autocast on CUDA when asked."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device = CPU,
+                 bf16: bool = False) -> None:
+        self.model, self.device, self.bf16 = model.to(device), device, bf16
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        with torch.inference_mode(), autocast(self.device, self.bf16):
+            return self.model(batch).float()
+
+
+class OnnxBackend:
+    """An ONNX Runtime session on the CPU."""
+
+    device = CPU
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input: batch.numpy()})[0])
+
+
+@dataclass
+class Classifier:
+    """A model behind one call; `config` is its model.json (at least `mean` and `std`)."""
+    backend: TorchBackend | OnnxBackend
+    config: dict
+
+    def logits(self, batches: Iterable[np.ndarray | torch.Tensor]) -> torch.Tensor:
+        """float32 logits on the CPU for batches of uint8 N x H x W x 3 images, in order."""
+        device = self.backend.device
+        return torch.cat([
+            self.backend(normalise(as_tensor(batch).to(device, non_blocking=True),
+                                   self.config["mean"], self.config["std"])).cpu()
+            for batch in batches])
+
+    def predict(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        """N x C class probabilities (float64) for uint8 N x H x W x 3 images."""
+        batches = (images[start:start + batch_size] for start in range(0, len(images), batch_size))
+        return probabilities(self.logits(batches)).double().numpy()
+
+
+def load_classifier(model_dir: Path, backend: str = "torch", device: torch.device = CPU,
+                    onnx_file: str = ONNX_NAME) -> Classifier:
+    """The checkpoint in `model_dir` (model.safetensors + model.json) on `device`, or its
+    ONNX export (`onnx_file`, relative to `model_dir`) in ONNX Runtime."""
+    if backend == "torch":
+        model, config = load_checkpoint(model_dir)
+        return Classifier(TorchBackend(model, device), config)
+    if backend != "onnx":
+        raise ValueError(f"unknown backend {backend!r}; use torch or onnx")
+    if not (model_dir / onnx_file).is_file():
+        raise SystemExit(f"--backend onnx: {model_dir / onnx_file} not found; run the export "
+                         "stage (dvc repro export)")
+    return Classifier(OnnxBackend(model_dir / onnx_file), read_json(model_dir / CONFIG_NAME))
 
 
 def expand_inputs(items: list[str]) -> Iterator[tuple[str, str | None]]:
@@ -37,46 +125,3 @@ def expand_inputs(items: list[str]) -> Iterator[tuple[str, str | None]]:
             yield from ((match, None) for match in matches if Path(match).is_file())
         else:
             yield item, "no such file or folder"
-
-
-def normalise(pixels: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
-    """uint8 N x H x W x 3 to float32 N x 3 x H x W, normalised as in training."""
-    values = pixels.astype(np.float32) / 255.0
-    values = (values - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(values.transpose(0, 3, 1, 2))
-
-
-def softmax_or_sigmoid(logits: np.ndarray) -> np.ndarray:
-    return probabilities(torch.from_numpy(logits)).double().numpy()
-
-
-class TorchBackend:
-    def __init__(self, model_dir: Path) -> None:
-        self.model, self.config = load_checkpoint(model_dir)
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            logits = self.model(torch.from_numpy(batch)).float().numpy()
-        return softmax_or_sigmoid(logits)
-
-
-class OnnxBackend:
-    def __init__(self, model_dir: Path, file: str = ONNX_NAME) -> None:
-        import onnxruntime
-
-        self.config = read_json(model_dir / "model.json")
-        self.session = onnxruntime.InferenceSession(str(model_dir / file),
-                                                    providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return softmax_or_sigmoid(self.session.run(None, {self.input: batch})[0])
-
-
-def load_backend(model_dir: Path, backend: str) -> TorchBackend | OnnxBackend:
-    if backend == "onnx":
-        if not (model_dir / ONNX_NAME).is_file():
-            raise SystemExit(f"--backend onnx: {model_dir / ONNX_NAME} not found; run the "
-                             "export stage (dvc repro export)")
-        return OnnxBackend(model_dir)
-    return TorchBackend(model_dir)

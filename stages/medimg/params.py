@@ -18,6 +18,9 @@ from pydantic import (
 )
 
 PARAMS_FILE = Path("params.yaml")
+# train.monitor's choices and the validation metric each one reads.
+MONITORED = {"val_f1": "f1_macro", "val_loss": "loss", "val_accuracy": "accuracy",
+             "val_roc_auc": "roc_auc"}
 
 
 def _not_bool(value: object) -> object:
@@ -127,7 +130,7 @@ class TrainParams(Section):
     weight_decay: Annotated[Number, Field(ge=0.0)]
     warmup_epochs: NonNegativeInt
     patience: PositiveInt
-    monitor: Literal["val_f1", "val_loss", "val_accuracy", "val_roc_auc"]
+    monitor: Literal[tuple(MONITORED)]
     monitor_mode: Literal["max", "min"]
     class_weights: Bool
     num_workers: NonNegativeInt
@@ -158,6 +161,7 @@ class ExportParams(Section):
 class Params(Section):
     seed: Int
     classes: Annotated[list[str], Field(min_length=2)]
+    cpu_threads: PositiveInt
     data: DataParams
     sample: SampleParams
     dedup: DedupParams

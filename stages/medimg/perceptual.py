@@ -4,6 +4,7 @@ pHash alone also matches different images (neighbouring MRI slices sit at distan
 so every candidate pair it proposes is confirmed on the pixels before it counts.
 """
 
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from itertools import combinations
 from math import comb
@@ -39,6 +40,16 @@ def phash(thumb: np.ndarray) -> int:
     32x32 reduction against their median."""
     small = thumb.astype(np.float64).reshape(32, 2, 32, 2).mean(axis=(1, 3))
     return int(phashes(small[None])[0])
+
+
+def phash_text(value: int) -> str:
+    """A pHash as the catalog stores it: 16 hex digits."""
+    return f"{value:016x}"
+
+
+def phash_values(texts: Iterable[str]) -> np.ndarray:
+    """The catalog's hex pHashes back as uint64."""
+    return np.array([int(text, 16) for text in texts], dtype=np.uint64)
 
 
 def phashes(smalls: np.ndarray) -> np.ndarray:

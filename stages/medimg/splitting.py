@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from medimg.perceptual import correlation, detail_correlation, near_pairs
+from medimg.perceptual import correlation, detail_correlation, near_pairs, phash_values
 
 SPLITS = ("train", "val", "test")
 EXCLUDED = "excluded"
@@ -86,7 +86,7 @@ def leakage(table: pd.DataFrame, thumbs: np.ndarray, near_hamming: int,
             rows = used[used[key] == value]
             offenders.append({"kind": key, "a": rows["path"].iat[0], "b": rows["path"].iat[-1],
                               "detail": f"{key} {value} in {sorted(set(rows['split']))}"})
-    hashes = np.array([int(h, 16) for h in table["phash"]], dtype=np.uint64)
+    hashes = phash_values(table["phash"])
     first, second = near_pairs(hashes, near_hamming)
     crossing = _cross_split(split, first, second)
     for i, j in zip(first[crossing].tolist(), second[crossing].tolist(), strict=True):
@@ -105,7 +105,7 @@ def closest_pairs(table: pd.DataFrame, thumbs: np.ndarray, count: int,
                   max_distance: int = 12) -> pd.DataFrame:
     """The `count` most similar cross-split pairs by pHash distance: what a reviewer should
     look at to judge the leakage that remains."""
-    hashes = np.array([int(h, 16) for h in table["phash"]], dtype=np.uint64)
+    hashes = phash_values(table["phash"])
     split = table["split"].to_numpy()
     for radius in range(4, max_distance + 1, 4):
         first, second = near_pairs(hashes, radius)

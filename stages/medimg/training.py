@@ -12,17 +12,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.optim import param_groups_weight_decay
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from medimg.devices import GpuMonitor, autocast, rank_zero_decides
+from medimg.devices import autocast, peak_memory_gb, rank_zero_decides
+from medimg.inference import Classifier, TorchBackend, normalise
 from medimg.io import atomic_path
 from medimg.metrics import classification_metrics
-from medimg.models import probabilities
-from medimg.params import TrainParams
+from medimg.models import normalisation, probabilities
+from medimg.params import MONITORED, TrainParams
 
 STATE_FILE = "state.pt"
 CPU = torch.device("cpu")
@@ -112,13 +114,21 @@ def compute_loss(criterion: nn.Module, logits: torch.Tensor, labels: torch.Tenso
     return criterion(logits.float(), labels)
 
 
-def param_groups(model: nn.Module, lr: float, backbone_lr_scale: float) -> list[dict]:
+def param_groups(model: nn.Module, lr: float, backbone_lr_scale: float,
+                 weight_decay: float) -> list[dict]:
+    """AdamW groups: timm's split, which spares biases and normalisation weights from weight
+    decay (decay would pull batch norm's scales towards zero), crossed with backbone and
+    head, whose learning rates differ by `backbone_lr_scale`."""
     head = set(map(id, model.get_classifier().parameters()))
-    return [
-        {"params": [p for p in model.parameters() if id(p) not in head],
-         "lr": lr * backbone_lr_scale, "name": "backbone"},
-        {"params": [p for p in model.parameters() if id(p) in head], "lr": lr, "name": "head"},
-    ]
+    exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()  # as timm
+    groups = []
+    for group in param_groups_weight_decay(model, weight_decay, no_weight_decay_list=exempt):
+        for part, scale in (("backbone", backbone_lr_scale), ("head", 1.0)):
+            members = [p for p in group["params"] if (id(p) in head) == (part == "head")]
+            if members:
+                groups.append({"params": members, "weight_decay": group["weight_decay"],
+                               "lr": lr * scale, "name": part})
+    return groups
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -131,23 +141,13 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return factor
 
 
-@torch.inference_mode()
-def predict_logits(model: nn.Module, loader: DataLoader,
-                   device: torch.device = CPU,
-                   bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels and raw logits for every item of the loader, in loader order."""
-    model.eval()
-    labels, logits = [], []
-    for images, batch_labels in loader:
-        with autocast(device, bf16):
-            logits.append(model(images.to(device, non_blocking=True)).float().cpu())
-        labels.append(batch_labels)
-    return torch.cat(labels), torch.cat(logits)
-
-
 def validate(model: nn.Module, loader: DataLoader, criterion: nn.Module,
              device: torch.device = CPU, bf16: bool = False) -> dict:
-    labels, logits = predict_logits(model, loader, device, bf16)
+    """Loss, accuracy, macro F1 and ROC-AUC on the loader's (unshuffled) items, predicted
+    the way evaluate and predict do."""
+    classifier = Classifier(TorchBackend(model, device, bf16), normalisation(model))
+    logits = classifier.logits(images for images, _ in loader)
+    labels = torch.as_tensor(np.asarray(loader.dataset.labels))
     metrics = classification_metrics(labels.numpy(), probabilities(logits).numpy())
     metrics["loss"] = float(compute_loss(criterion, logits.to(device), labels.to(device)))
     return metrics
@@ -182,7 +182,7 @@ class Best:
 
 
 def monitored(val: dict, monitor: str) -> float:
-    value = val[monitor.removeprefix("val_").replace("f1", "f1_macro")]
+    value = val[MONITORED[monitor]]
     return float("nan") if value is None else float(value)
 
 
@@ -218,7 +218,7 @@ class EpochLog:
 
 
 @dataclass
-class Loop:
+class Trainer:
     """Everything one training run holds; `fit` drives it epoch by epoch."""
     model: nn.Module
     train_set: Dataset
@@ -252,14 +252,14 @@ class Loop:
             sampler=self.sampler, generator=self.generator,
             drop_last=len(self.train_set) > p.batch_size * self.world, **workers)
         self.val_loader = DataLoader(self.val_set, batch_size=p.batch_size, **workers)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, p.lr, p.backbone_lr_scale),
-                                           weight_decay=p.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, p.lr, p.backbone_lr_scale, p.weight_decay))
         steps = len(self.train_loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(p.epochs * steps, p.warmup_epochs * steps))
         self.best = Best(mode=p.monitor_mode)
         self.start_epoch = 0
-        self.gpu = GpuMonitor(self.device)
+        self.normalisation = normalisation(self.model)
         self.history: list[dict] = []  # what was logged per epoch, kept with the state
         self.data_wait_seconds = 0.0  # of the last train_epoch: time blocked on the loader
         self.first_batch_seconds = 0.0  # of that, the wait for the epoch's first batch
@@ -292,20 +292,23 @@ class Loop:
                 self.first_batch_seconds = waited
             if rank_zero_decides(self.stop_requested()):
                 raise Interrupted(f"interrupted in epoch {epoch}")
-            loss = self.train_step(module, images, labels)
+            loss = self.train_step(module, self.model_input(images), labels)
             total += loss * len(labels)
             count += len(labels)
-            if step % 10 == 0:
-                self.gpu.sample()
         return float(total) / max(count, 1), count * self.world
+
+    def model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch of uint8 N x H x W x 3 images, normalised on the device (so only bytes
+        cross to a GPU), in the memory layout the step wants."""
+        inputs = normalise(images.to(self.device, non_blocking=True), **self.normalisation)
+        if self.device.type == "cuda" and self.params.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs
 
     def train_step(self, module: nn.Module, images: torch.Tensor,
                    labels: torch.Tensor) -> torch.Tensor:
-        """One optimisation step on one batch; the batch's mean loss, detached, on the
-        device (reading it would wait for the device)."""
-        images = images.to(self.device, non_blocking=True)
-        if self.device.type == "cuda" and self.params.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        """One optimisation step on one batch of model inputs; the batch's mean loss,
+        detached, on the device (reading it would wait for the device)."""
         labels = labels.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.params.bf16):
@@ -351,7 +354,7 @@ class Loop:
                 break
             reseed_epoch(self.seed, epoch, self.train_set, self.generator)
             frozen = epoch < p.freeze_epochs
-            lr = self.optimizer.param_groups[-1]["lr"]
+            lr = next(g["lr"] for g in self.optimizer.param_groups if g["name"] == "head")
             start = time.perf_counter()
             train_loss, seen = self.train_epoch(epoch, frozen)
             if self.device.type == "cuda":
@@ -360,7 +363,7 @@ class Loop:
             val = validate(self.model, self.val_loader, self.criterion, self.device, p.bf16)
             self.best.update(epoch, monitored(val, p.monitor), val["loss"], self.model)
             log = EpochLog(epoch, frozen, train_loss, val, lr, seconds, seen / seconds,
-                           self.gpu.epoch_metrics(), self.data_wait_seconds)
+                           peak_memory_gb(self.device), self.data_wait_seconds)
             self.history.append(log.metrics())
             self.save_state(epoch)
             if self.rank == 0:
