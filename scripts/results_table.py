@@ -1,13 +1,18 @@
-"""Write the README's result sections from the metrics and benchmark files, so no figure
-is typed by hand.
+"""Write the result sections of README.md, docs/real-data.md and benchmarks/README.md from
+the committed metrics and benchmark files (metrics/*.json, benchmarks/results/*.json), so
+no figure is typed by hand.
 
-    python scripts/results_table.py          # rewrite the section in README.md
-    python scripts/results_table.py --check  # exit 1 if README.md is out of date
+    python scripts/results_table.py          # rewrite the generated sections
+    python scripts/results_table.py --check  # exit 1, naming each out-of-date file
+
+A generated section sits between `<!-- NAME:begin -->` and `<!-- NAME:end -->`; FILES says
+which function writes which section of which file.
 """
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +20,25 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
 
 from medimg.evaluation import difference_interval, wilson_interval
+from medimg.metrics import accuracy, macro_f1
 
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-DEDUP_BEGIN, DEDUP_END = "<!-- dedup-benchmark:begin -->", "<!-- dedup-benchmark:end -->"
-LOADER_BEGIN, LOADER_END = "<!-- loader-benchmark:begin -->", "<!-- loader-benchmark:end -->"
-TRAIN_BEGIN, TRAIN_END = "<!-- train-benchmark:begin -->", "<!-- train-benchmark:end -->"
-DVC_BEGIN, DVC_END = "<!-- dvc-benchmark:begin -->", "<!-- dvc-benchmark:end -->"
-INFERENCE_BEGIN, INFERENCE_END = ("<!-- inference-benchmark:begin -->",
-                                  "<!-- inference-benchmark:end -->")
-REAL_BEGIN, REAL_END = "<!-- real-results:begin -->", "<!-- real-results:end -->"
+# (begin, end, function of the repository root that writes what goes between them)
+Section = tuple[str, str, Callable[[Path], str]]
+
+
+def markers(name: str) -> tuple[str, str]:
+    """The comments that open and close the generated section NAME."""
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+BEGIN, END = markers("results")
+REAL_TABLE_BEGIN, REAL_TABLE_END = markers("real-table")
+REAL_BEGIN, REAL_END = markers("real-results")
+DEDUP_BEGIN, DEDUP_END = markers("dedup-benchmark")
+LOADER_BEGIN, LOADER_END = markers("loader-benchmark")
+TRAIN_BEGIN, TRAIN_END = markers("train-benchmark")
+DVC_BEGIN, DVC_END = markers("dvc-benchmark")
+INFERENCE_BEGIN, INFERENCE_END = markers("inference-benchmark")
 # The original notebook's reported figures (see ../shared/research/data-and-weights.md).
 ORIGINAL = {"images": "3,264 MRI + 10,000 histopathology", "test_n": 1955, "test_errors": 0}
 # Task: (baseline run, leaky run, what differs).
@@ -387,18 +402,6 @@ def decoded(run: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                  for key in ("label", "predicted", "has_copy_outside_test"))
 
 
-def accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
-    return float((labels == predicted).mean())
-
-
-def macro_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
-    """scikit-learn's macro F1 (classes seen in either array), fast enough to resample."""
-    classes = np.union1d(labels, predicted)
-    hits = np.array([np.sum((labels == c) & (predicted == c)) for c in classes])
-    totals = np.array([np.sum(labels == c) + np.sum(predicted == c) for c in classes])
-    return float(np.mean(2 * hits / totals))
-
-
 def removed(dedup: dict) -> str:
     if "left_in" in dedup:
         left = dedup["left_in"]
@@ -496,10 +499,21 @@ def leakage_lines(task: str, base: dict, leaky: dict, change: str) -> list[str]:
     return lines
 
 
+NO_REAL_RUNS = "No results files yet: run `benchmarks/real/run.py`."
+
+
+def real_table_markdown(root: Path) -> str:
+    """The summary table of the real-data runs alone, for the README."""
+    runs = real_runs(root)
+    return "\n".join(real_table(runs)) if runs else NO_REAL_RUNS
+
+
 def real_markdown(root: Path) -> str:
+    """The whole real-data study: the summary table, task A beside the original study, and
+    what leakage was worth on each task."""
     runs = real_runs(root)
     if not runs:
-        return "No results files yet: run `benchmarks/real/run.py`."
+        return NO_REAL_RUNS
     lines = real_table(runs)
     if "a_original" in runs:
         lines += ["", "**Task A**, the original study beside ours:", ""]
@@ -510,20 +524,54 @@ def real_markdown(root: Path) -> str:
     return "\n".join(lines)
 
 
-def with_section(readme: str, begin: str, end: str, body: str) -> str:
-    head, rest = readme.split(begin, 1)
+FILES: dict[str, list[Section]] = {
+    "README.md": [(BEGIN, END, results_markdown),
+                  (REAL_TABLE_BEGIN, REAL_TABLE_END, real_table_markdown)],
+    "docs/real-data.md": [(REAL_BEGIN, REAL_END, real_markdown)],
+    "benchmarks/README.md": [(DEDUP_BEGIN, DEDUP_END, dedup_markdown),
+                             (LOADER_BEGIN, LOADER_END, loader_markdown),
+                             (TRAIN_BEGIN, TRAIN_END, train_markdown),
+                             (DVC_BEGIN, DVC_END, dvc_markdown),
+                             (INFERENCE_BEGIN, INFERENCE_END, inference_markdown)],
+}
+
+
+def with_section(text: str, begin: str, end: str, body: str) -> str:
+    """TEXT with what lies between BEGIN and END (each exactly once, in that order)
+    replaced by BODY."""
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"expected one {begin} followed by one {end}")
+    head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{begin}\n{body}\n{end}{tail}"
 
 
-def with_results(readme: str, root: Path) -> str:
-    readme = with_section(readme, BEGIN, END, results_markdown(root))
-    readme = with_section(readme, DEDUP_BEGIN, DEDUP_END, dedup_markdown(root))
-    readme = with_section(readme, LOADER_BEGIN, LOADER_END, loader_markdown(root))
-    readme = with_section(readme, TRAIN_BEGIN, TRAIN_END, train_markdown(root))
-    readme = with_section(readme, DVC_BEGIN, DVC_END, dvc_markdown(root))
-    readme = with_section(readme, INFERENCE_BEGIN, INFERENCE_END, inference_markdown(root))
-    return with_section(readme, REAL_BEGIN, REAL_END, real_markdown(root))
+def update_files(root: Path, files: dict[str, list[Section]], check: bool,
+                 command: str) -> int:
+    """Rewrite the generated sections of FILES under ROOT, or with CHECK only compare them.
+    Returns the exit status: 1, naming each file, when a file is out of date (CHECK) or a
+    file or marker is missing; else 0."""
+    stale = []
+    for name, sections in files.items():
+        path = root / name
+        try:
+            text = path.read_text(encoding="utf-8")
+            updated = text
+            for begin, end, write in sections:
+                updated = with_section(updated, begin, end, write(root))
+        except (OSError, ValueError) as error:
+            print(f"{name}: {error}")
+            return 1
+        if updated != text:
+            stale.append(name)
+            if not check:
+                path.write_text(updated, encoding="utf-8")
+                print(f"rewrote {name}")
+    if check and stale:
+        for name in stale:
+            print(f"{name} is out of date: run {command}")
+        return 1
+    return 0
 
 
 def main() -> int:
@@ -531,16 +579,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="only check, do not write")
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1])
     args = parser.parse_args()
-    readme_path = args.root / "README.md"
-    readme = readme_path.read_text(encoding="utf-8")
-    updated = with_results(readme, args.root)
-    if args.check:
-        if updated != readme:
-            print("README.md results are out of date: run python scripts/results_table.py")
-            return 1
-        return 0
-    readme_path.write_text(updated, encoding="utf-8")
-    return 0
+    return update_files(args.root, FILES, args.check, "python scripts/results_table.py")
 
 
 if __name__ == "__main__":
