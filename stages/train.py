@@ -5,7 +5,7 @@ network; AdamW with warm-up and cosine schedule, early stopping on `train.monito
 best epoch is saved as models/model.safetensors + models/model.json. dvclive logs every
 epoch to metrics/train. SIGINT/SIGTERM stop cleanly after saving nothing partial;
 `train.resume: true` continues from models/last. Runs under torchrun for several GPUs.
-dvclive's system monitor logs CPU, memory and (with nvidia-ml-py) GPU use beside.
+On CUDA, dvclive's system monitor logs GPU, CPU and memory use beside.
 """
 
 import signal
@@ -86,8 +86,10 @@ def main() -> None:
         print(f"train: resuming after epoch {trainer.start_epoch - 1}")
     elif train.resume:
         print(f"train: train.resume is set but {STATE_DIR} holds no state; starting afresh")
-    live = (Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, monitor_system=True)
-            if rank == 0 else None)
+    # dvclive's system monitor reads the GPUs through NVML; without an NVIDIA driver every
+    # reading fails and it logs a traceback instead of the CPU figures, so GPU runs only.
+    live = (Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False,
+                 monitor_system=device.type == "cuda") if rank == 0 else None)
     for earlier in trainer.history if live else []:  # dvclive's files start afresh in a stage
         log_metrics(live, earlier)
     try:

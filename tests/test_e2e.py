@@ -106,8 +106,6 @@ def test_default_run_scores_and_accounts_for_every_image(fresh_clone: Path) -> N
     for name in ("train", "val", "test"):
         array = np.load(fresh_clone / f"data/prepared/{name}.npy", mmap_mode="r")
         assert array.shape == (split[name]["n"], 128, 128, 3)
-    train = json.loads((fresh_clone / "metrics/train/metrics.json").read_text())
-    assert 0 <= train["system"]["cpu"]["usage (%)"] <= 100  # dvclive's system monitor
     config = json.loads((fresh_clone / "models/model.json").read_text())
     assert config["classes"] == ["mri", "breast_histo"]
     test = evaluate["test"]
