@@ -1,5 +1,5 @@
 """Write the result sections of README.md, docs/real-data.md and benchmarks/README.md from
-the committed metrics and benchmark files (metrics/*.json, benchmarks/results/*.json), so
+the committed metrics and benchmark files (metrics/report/*.json, benchmarks/results/*.json), so
 no figure is typed by hand.
 
     python scripts/results_table.py          # rewrite the generated sections
@@ -66,15 +66,15 @@ def interval(row: dict, name: str) -> str:
 
 
 def results_markdown(root: Path) -> str:
-    evaluate, dedup, split = (load(root, n) for n in ("evaluate.json", "dedup.json", "split.json"))
-    best = load(root, "train/metrics.json")["best"]
+    dedup, split, train = (load(root, f"report/{n}.json") for n in ("dedup", "split", "train"))
+    evaluate = load(root, "report/report.json")["metrics"]
     shortcut = evaluate["shortcut"]
     lines = [
         f"Data: {dedup['found']} images found, {dedup['kept']} kept after de-duplication; "
         f"split train {split['train']['n']} / val {split['val']['n']} / "
         f"test {split['test']['n']} images ({split['train']['groups']} / "
         f"{split['val']['groups']} / {split['test']['groups']} groups). "
-        f"Best epoch {best['epoch']} (val F1 {best['val_f1']:.4f}).",
+        f"Best epoch {train['best_epoch']} ({train['monitor']} {train['best_value']:.4f}).",
         "",
         "| split | n | errors | accuracy (95% CI) | macro F1 (95% CI) | ROC-AUC (95% CI) |",
         "|---|---|---|---|---|---|",
@@ -84,7 +84,7 @@ def results_markdown(root: Path) -> str:
         lines.append(f"| {name} | {row['n']} | {row['errors']} | {interval(row, 'accuracy')} | "
                      f"{interval(row, 'f1_macro')} | {interval(row, 'roc_auc')} |")
     lines += ["", "| model | test accuracy | test macro F1 |", "|---|---|---|",
-              f"| CNN ({load(root, 'train/metrics.json')['step'] + 1} epochs) | "
+              f"| CNN ({train['epochs_run']} epochs) | "
               f"{evaluate['test']['accuracy']:.4f} | {evaluate['test']['f1_macro']:.4f} |"]
     for name, label in (("image_statistics", "logistic regression on colour statistics + size"),
                         ("size_only", "logistic regression on width and height only")):
@@ -367,7 +367,7 @@ def dvc_markdown(root: Path) -> str:
 
 def inference_markdown(root: Path) -> str:
     bench = load(root, "inference.json", "benchmarks/results")
-    export = load(root, "export.json")
+    export = load(root, "report/export.json")
     lines = [f"{bench['model']} at {bench['size']} px, {bench['machine']['cpus']} CPU cores, "
              "one run:", "",
              "| backend | images/s (batch 32) | latency p50 (batch 1, ms) | p95 (ms) |",
@@ -377,7 +377,7 @@ def inference_markdown(root: Path) -> str:
         lines.append(f"| {label} | {row['images_per_second_batch32']} | "
                      f"{row['latency_ms_p50_batch1']} | {row['latency_ms_p95_batch1']} |")
     onnx = export["onnx"]
-    lines += ["", f"Parity on the {export['n']} test images (`metrics/export.json`): largest "
+    lines += ["", f"Parity on the {export['n']} test images (`metrics/report/export.json`): largest "
               f"probability difference {onnx['max_abs_probability_difference']:.1e}, labels "
               f"{'identical' if onnx['labels_identical'] else 'DIFFERENT'}; ONNX model "
               f"{onnx['size_mb']} MB."]

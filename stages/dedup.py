@@ -4,8 +4,9 @@ similar images.
 
 Writes data/dedup/{catalog,duplicates,rejects,ignored}.csv, the catalog's 64x64 greyscale
 thumbnails (thumbs.npy, in catalog order, for the split's leakage check),
-metrics/dedup.json, where `found` equals the sum of every other count and `similarity`
-describes the similarity groups, and contact sheets to check it all by eye
+metrics/report/dedup.json, where `found` equals the sum of every other count and
+`similarity` describes the similarity groups (metrics/dedup.json, the DVC metric, holds
+`found` and `kept`), and contact sheets to check it all by eye
 (plots/dedup/duplicates_*.png, conflicts_*.png, similarity_*.png). With
 `dedup.enabled: false` nothing is removed and `left_in` counts the copies that stayed.
 """
@@ -30,7 +31,8 @@ from medimg.params import DataParams, DedupParams, load_params
 from medimg.walk import DatasetError, walk_dataset
 
 OUT_DIR = Path("data/dedup")
-METRICS = Path("metrics/dedup.json")
+METRICS = Path("metrics/dedup.json")  # headline figures: the DVC metric
+REPORT = Path("metrics/report/dedup.json")  # every count
 SHEETS = Path("plots/dedup")
 LARGEST_GROUPS = 25  # similarity groups shown besides those that span classes
 TILE = 112  # thumbnail side on the sheets
@@ -86,7 +88,8 @@ def main() -> None:
     data, dedup = params.data, params.dedup
     raw_dir = Path(data.raw_dir)
     skip = frozenset([data.groups_file] if data.groups_file else [])
-    walk = walk_dataset(raw_dir, params.classes, data.class_level, skip=skip)
+    walk = walk_dataset(raw_dir, params.classes, data.class_level, skip=skip,
+                        ignore_classes=data.ignore_classes)
     workers = dedup.workers or os.cpu_count() or 1
     described = describe_all(raw_dir, [c.path for c in walk.candidates], dedup.min_side,
                              dedup.max_pixels, workers)
@@ -142,7 +145,8 @@ def main() -> None:
     write_csv(OUT_DIR / "rejects.csv", rejects)
     write_csv(OUT_DIR / "ignored.csv", ignored)
     review(raw_dir, kept, removed, dedup.review_limit, dedup.max_pixels, workers)
-    write_json(METRICS, counts)
+    write_json(REPORT, counts)
+    write_json(METRICS, {key: counts[key] for key in ("found", "kept")})
     print("dedup: " + ", ".join(f"{key} {value}" for key, value in counts.items()
                                 if key != "similarity"))
     print("dedup: similarity groups: " + ", ".join(

@@ -1,9 +1,10 @@
 """Stage `evaluate`: score the best checkpoint on validation and test with intervals, check
 what a trivial model scores, and write the original study's reports and figures.
 
-Writes metrics/evaluate.json, metrics/predictions.csv, metrics/report/ (report.json,
-summary.csv, errors.csv, report.md) and plots/evaluate/ (PNG figures, dvclive plot data,
-Grad-CAM overlays).
+Writes metrics/evaluate.json (the test split's headline figures: the DVC metric),
+metrics/predictions.csv, metrics/report/ (report.json with every figure, summary.csv,
+errors.csv, report.md) and plots/evaluate/ (PNG figures, dvclive plot data, Grad-CAM
+overlays).
 """
 
 from pathlib import Path
@@ -15,7 +16,13 @@ from PIL import Image
 from medimg import plots
 from medimg.data import prepare_image
 from medimg.devices import reproducible_cpu, resolve_device
-from medimg.evaluation import error_analysis, full_metrics, image_statistics, shortcut_scores
+from medimg.evaluation import (
+    error_analysis,
+    full_metrics,
+    headline,
+    image_statistics,
+    shortcut_scores,
+)
 from medimg.gradcam import grad_cam, overlay
 from medimg.images import ImageError
 from medimg.inference import Classifier, as_tensor, load_classifier, normalise
@@ -27,7 +34,7 @@ from medimg.walk import walk_dataset
 PREPARED = Path("data/prepared")
 MODEL_DIR = Path("models")
 HISTORY = Path("metrics/train/plots/metrics")
-METRICS = Path("metrics/evaluate.json")
+METRICS = Path("metrics/evaluate.json")  # headline figures: the DVC metric
 PREDICTIONS = Path("metrics/predictions.csv")
 REPORT_DIR = Path("metrics/report")
 PLOTS = Path("plots/evaluate")
@@ -109,7 +116,6 @@ def main() -> None:
     if settings.external_dir:
         metrics["external"] = external(params, classifier)
     predictions = pd.concat(rows, ignore_index=True)
-    write_json(METRICS, metrics)
     write_csv(PREDICTIONS, predictions)
 
     plots.plot_data(PLOTS, test_labels, test_probs, classes)
@@ -128,6 +134,7 @@ def main() -> None:
               "data": {s: len(p) for s, p in parts.items()}, "metrics": metrics}
     summary = summary_table(metrics)
     write_json(REPORT_DIR / "report.json", report)
+    write_json(METRICS, headline(metrics["test"]))
     write_csv(REPORT_DIR / "summary.csv", summary)
     write_csv(REPORT_DIR / "errors.csv", error_analysis(predictions, settings.least_confident))
     figures = sorted(p.relative_to(PLOTS).as_posix() for p in PLOTS.glob("*.png")) + overlays

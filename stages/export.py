@@ -3,7 +3,7 @@ PyTorch on the test split, and optionally quantised to int8.
 
 Writes models/model.onnx, models/model.onnx.json (inputs, outputs and preprocessing),
 models/int8/model.onnx (with export.int8; else the folder is empty) and
-metrics/export.json. Fails when the ONNX
+metrics/report/export.json. Fails when the ONNX
 probabilities differ from PyTorch's by more than export.tolerance or a label changes.
 """
 
@@ -23,7 +23,7 @@ from medimg.params import load_params
 MODEL_DIR = Path("models")
 INT8_DIR = MODEL_DIR / "int8"  # a folder, so the output exists when int8 is off
 PREPARED = Path("data/prepared")
-METRICS = Path("metrics/export.json")
+REPORT = Path("metrics/report/export.json")
 
 
 def export_onnx(classifier: Classifier, target: Path, opset: int) -> None:
@@ -91,7 +91,7 @@ def main() -> None:
         report["int8"] = {**int8,
                           "size_mb": round(os.path.getsize(INT8_DIR / ONNX_NAME) / 2**20, 2),
                           "accuracy_change": int8["accuracy"] - report["torch_accuracy"]}
-    write_json(METRICS, report)
+    write_json(REPORT, report)
     if onnx["max_abs_probability_difference"] > settings.tolerance or not onnx["labels_identical"]:
         raise SystemExit(f"export: ONNX differs from PyTorch: {onnx}")
     print(f"export: {len(labels)} test images, max |dp| "

@@ -22,7 +22,7 @@ from medimg.data import prepare_image
 from medimg.gradcam import grad_cam, overlay
 from medimg.images import ImageError
 from medimg.inference import Classifier, as_tensor, expand_inputs, load_classifier, normalise
-from medimg.io import atomic_path, write_csv
+from medimg.io import atomic_path, write_csv, write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     table = classify(args.paths, args)
     if args.out is None:
         table.to_csv(sys.stdout, index=False, lineterminator="\n")
-    elif args.out.suffix.lower() == ".json":
-        with atomic_path(args.out) as tmp:
-            table.to_json(tmp, orient="records", indent=2)
+    elif args.out.suffix.lower() == ".json":  # json, not pandas: it would write "a\/b.png"
+        write_json(args.out, table.astype(object).where(table.notna(), None)
+                   .to_dict(orient="records"))
     else:
         write_csv(args.out, table)
     failed = int((table["error"] != "").sum())

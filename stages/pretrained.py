@@ -2,9 +2,11 @@
 tf_efficientnet_lite0 layout, once, as safetensors. No network access is needed."""
 
 from medimg.models import PACKAGED_WEIGHTS, convert_lite0, packaged_lite0_source, save_weights
+from medimg.params import load_params
 
 
 def main() -> None:
+    load_params()  # every stage stops on a params error before any work
     source = packaged_lite0_source()
     state = convert_lite0(source)
     save_weights(PACKAGED_WEIGHTS, state,

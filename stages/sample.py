@@ -3,7 +3,8 @@
 Brain MRI slices come from nilearn's MNI152 T1 template and nibabel's example4d fMRI
 volume; histopathology tiles from stardist's H&E `histo.jpg` and scikit-image's `ihc.png`.
 Each image gets a group id (volume + plane + slab, or image + region) in groups.csv, so
-the split can keep correlated images together.
+the split can keep correlated images together. When data.raw_dir points at other data,
+the stage costs nothing: it writes only a note saying why no sample was built.
 """
 
 from collections.abc import Iterator
@@ -146,6 +147,12 @@ def write_sample(out_dir: Path, params: SampleParams) -> pd.DataFrame:
 
 def main() -> None:
     params = load_params()
+    if Path(params.data.raw_dir) != OUT_DIR:
+        with atomic_dir(OUT_DIR) as tmp:
+            (tmp / "NOT_BUILT.txt").write_text(
+                f"No sample was built: data.raw_dir is {params.data.raw_dir}.\n")
+        print(f"sample: skipped, data.raw_dir is {params.data.raw_dir}")
+        return
     table = write_sample(OUT_DIR, params.sample)
     counts = table.groupby(table["path"].str.split("/").str[0]).size().to_dict()
     print(f"sample: wrote {len(table)} images in {table['group'].nunique()} groups: {counts}")

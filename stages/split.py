@@ -4,10 +4,11 @@ crosses the splits.
 
 Writes data/split/split.csv (the catalog plus a `split` column, in catalog order),
 data/split/closest_pairs.csv with its contact sheets plots/split/closest_pairs_*.png,
-data/split/test_copies.csv, data/split/leaks.csv, data/split/leaked_test.csv and
-metrics/split.json. Fails, naming the pairs, if any group,
-file hash, pixel hash or near duplicate crosses splits, unless dedup.enabled is false:
-then the leaks are counted.
+data/split/test_copies.csv, data/split/leaks.csv, data/split/leaked_test.csv,
+metrics/report/split.json (the split table) and metrics/split.json (images per split, the
+DVC metric). Stops when a class has too few images in a split to be evaluated. Fails,
+naming the pairs, if any group, file hash, pixel hash or near duplicate crosses splits,
+unless dedup.enabled is false: then the leaks are counted.
 """
 
 from pathlib import Path
@@ -18,11 +19,19 @@ import pandas as pd
 from medimg.contact import Tile, write_sheets
 from medimg.io import write_csv, write_json
 from medimg.params import load_params
-from medimg.splitting import EXCLUDED, SPLITS, assign_splits, closest_pairs, leakage
+from medimg.splitting import (
+    EXCLUDED,
+    SPLITS,
+    assign_splits,
+    check_class_counts,
+    closest_pairs,
+    leakage,
+)
 
 DEDUP = Path("data/dedup")
 OUT_DIR = Path("data/split")
-METRICS = Path("metrics/split.json")
+METRICS = Path("metrics/split.json")  # headline figures: the DVC metric
+REPORT = Path("metrics/report/split.json")  # the split table
 SHEETS = Path("plots/split")
 
 
@@ -87,6 +96,7 @@ def main() -> None:
     split = params.split
     table["split"] = assign_splits(table, split.val, split.test, params.seed, split.folds,
                                    split.fold, split.respect_existing)
+    check_class_counts(table, params.classes, split.min_per_split)
     overlap, offenders = leakage(table, thumbs, params.dedup.near_hamming,
                                  params.dedup.near_correlation)
     if len(offenders) and params.dedup.enabled:
@@ -124,7 +134,8 @@ def main() -> None:
     write_csv(OUT_DIR / "test_copies.csv", copies)
     write_csv(OUT_DIR / "leaks.csv", offenders)
     write_csv(OUT_DIR / "leaked_test.csv", leaked)
-    write_json(METRICS, report)
+    write_json(REPORT, report)
+    write_json(METRICS, {name: report[name]["n"] for name in SPLITS})
     print("split: " + ", ".join(f"{s} {report[s]['n']} ({report[s]['per_class']})"
                                 for s in SPLITS) + f", excluded {report[EXCLUDED]}")
 

@@ -2,10 +2,13 @@
 
 Stage one trains only the classifier head on a frozen backbone, stage two the whole
 network; AdamW with warm-up and cosine schedule, early stopping on `train.monitor`, and the
-best epoch is saved as models/model.safetensors + models/model.json. dvclive logs every
-epoch to metrics/train. SIGINT/SIGTERM stop cleanly after saving nothing partial;
-`train.resume: true` continues from models/last. Runs under torchrun for several GPUs.
-On CUDA, dvclive's system monitor logs GPU, CPU and memory use beside.
+best epoch is saved as models/model.safetensors + models/model.json, with
+metrics/train.json (best epoch and its monitored value: the DVC metric) and
+metrics/report/train.json. dvclive logs every epoch to metrics/train. SIGINT/SIGTERM stop
+cleanly after saving nothing partial; `train.resume: true` continues from models/last when
+the state there comes from this same run (params, data, starting weights and code), and
+the state is cleared once a run completes. Runs under torchrun for several GPUs. On CUDA,
+dvclive's system monitor logs GPU, CPU and memory use beside.
 """
 
 import signal
@@ -25,14 +28,18 @@ from medimg.devices import (
     resolve_device,
 )
 from medimg.hashing import file_sha256
+from medimg.io import write_json
 from medimg.models import create_model, normalisation, save_checkpoint
 from medimg.params import Params, load_params
-from medimg.training import EpochLog, Interrupted, Trainer, seed_everything
+from medimg.training import Best, EpochLog, Interrupted, Trainer, fingerprint, seed_everything
 
 PREPARED = Path("data/prepared")
 MODEL_DIR = Path("models")
 STATE_DIR = Path("models/last")  # scratch for train.resume, ignored by git and DVC
 LIVE_DIR = Path("metrics/train")
+METRICS = Path("metrics/train.json")  # headline figures: the DVC metric
+REPORT = Path("metrics/report/train.json")
+DATA_FILES = [PREPARED / name for name in ("train.npy", "train.csv", "val.npy", "val.csv")]
 
 
 class StopFlag:
@@ -70,6 +77,37 @@ def log_epoch(live: Live, log: EpochLog) -> None:
           f"{log.val['f1_macro']:.4f}, {log.images_per_second:.0f} img/s")
 
 
+def run_settings(params: Params) -> dict:
+    """Every params key that shapes training (the train stage's params in dvc.yaml), less
+    train.resume, which only says whether to continue."""
+    return {"train": params.train.model_dump(exclude={"resume"}), "seed": params.seed,
+            "classes": params.classes, "model": params.model.model_dump(),
+            "cpu_threads": params.cpu_threads,
+            "prepare": {"image_size": params.prepare.image_size,
+                        "resize": params.prepare.resize}}
+
+
+def resume(trainer: Trainer) -> None:
+    """Continue the interrupted run saved in STATE_DIR, if it is this same run."""
+    status = trainer.load_state()
+    if status == "resumed":
+        print(f"train: resuming after epoch {trainer.start_epoch - 1}")
+    elif status == "other run":
+        print(f"train: {STATE_DIR} holds the state of another run (params, data, starting "
+              f"weights or code differ); starting afresh")
+    else:
+        print(f"train: train.resume is set but {STATE_DIR} holds no state; starting afresh")
+
+
+def write_metrics(best: Best, params: Params, epochs_run: int) -> None:
+    monitor = params.train.monitor
+    write_json(REPORT, {"best_epoch": best.epoch, "monitor": monitor,
+                        "best_value": best.value, "best_val_loss": best.loss,
+                        "epochs_run": epochs_run,
+                        "stopped_early": epochs_run < params.train.epochs})
+    write_json(METRICS, {"best_epoch": best.epoch, monitor: round(best.value, 4)})
+
+
 def main() -> None:
     params = load_params()
     train = params.train
@@ -78,14 +116,13 @@ def main() -> None:
     rank, world = init_distributed(device)
     seed_everything(params.seed, train.deterministic)
     model = create_model(params.model.name, params.model.pretrained, len(params.classes))
+    run = fingerprint(run_settings(params), DATA_FILES, model)
     train_set, val_set = datasets(params)
     trainer = Trainer(model, train_set, val_set, train, params.seed, len(params.classes),
-                      device, STATE_DIR, rank, world, stop_requested=StopFlag())
-    resumed = train.resume and trainer.load_state()
-    if resumed:
-        print(f"train: resuming after epoch {trainer.start_epoch - 1}")
-    elif train.resume:
-        print(f"train: train.resume is set but {STATE_DIR} holds no state; starting afresh")
+                      device, STATE_DIR, rank, world, stop_requested=StopFlag(),
+                      fingerprint=run)
+    if train.resume:
+        resume(trainer)
     # dvclive's system monitor reads the GPUs through NVML; without an NVIDIA driver every
     # reading fails and it logs a traceback instead of the CPU figures, so GPU runs only.
     live = (Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False,
@@ -94,9 +131,6 @@ def main() -> None:
         log_metrics(live, earlier)
     try:
         best = trainer.fit(on_epoch=lambda log: log_epoch(live, log) if live else None)
-        if live is not None:
-            live.summary["best"] = {"epoch": best.epoch, train.monitor: best.value,
-                                    "val_loss": best.loss}
     except Interrupted as stop:
         saved = (f"epochs 0 to {len(trainer.history) - 1} are saved in {STATE_DIR}; rerun "
                  "with train.resume: true to continue") if trainer.history else (
@@ -126,6 +160,8 @@ def main() -> None:
         "timm": timm.__version__,
         "torch": torch.__version__,
     })
+    write_metrics(best, params, len(trainer.history))
+    trainer.clear_state()
     print(f"train: best epoch {best.epoch}, {train.monitor} {best.value:.4f}; wrote {MODEL_DIR}")
 
 

@@ -35,7 +35,9 @@ def run_dedup() -> tuple[dict, dict[str, pd.DataFrame]]:
     dedup.main()
     tables = {name: pd.read_csv(f"data/dedup/{name}.csv", dtype=str, keep_default_na=False)
               for name in ("catalog", "duplicates", "rejects", "ignored")}
-    counts = json.loads(Path("metrics/dedup.json").read_text())
+    counts = json.loads(Path("metrics/report/dedup.json").read_text())
+    assert json.loads(Path("metrics/dedup.json").read_text()) == {
+        "found": counts["found"], "kept": counts["kept"]}
     counts.pop("similarity")
     return counts, tables
 
@@ -121,8 +123,22 @@ def test_unknown_missing_or_empty_dataset_stops_with_a_message(tmp_path) -> None
     with pytest.raises(DatasetError, match=r"\['c'\] not listed"):
         walk_dataset(raw, ["a", "b"])
     os.rmdir(raw / "c")
+    with pytest.raises(DatasetError, match=r"class folder\(s\) \['b'\] hold no image files"):
+        walk_dataset(raw, ["a", "b"])
     (raw / "a/x.png").unlink()
     with pytest.raises(DatasetError, match="no image files"):
+        walk_dataset(raw, ["a", "b"])
+
+
+def test_ignored_class_folders_are_left_out_and_counted(tmp_path, monkeypatch) -> None:
+    raw = use_dataset(tmp_path, monkeypatch, ["a", "b"], ignore_classes=["c"])
+    for index, name in enumerate("abc"):
+        save(raw / name / "x.png", noise_image(index))
+    counts, tables = run_dedup()
+    assert counts["kept"] == 2 and counts["ignored"] == 1
+    assert set(tables["catalog"]["class"]) == {"a", "b"}
+    assert tables["ignored"].values.tolist() == [["c/x.png", "class folder in data.ignore_classes"]]
+    with pytest.raises(DatasetError, match=r"\['c'\] not listed .* data.ignore_classes"):
         walk_dataset(raw, ["a", "b"])
 
 
@@ -324,7 +340,7 @@ def test_disabled_dedup_keeps_copies_and_the_split_counts_the_leaks(tmp_path,
     assert counts["left_in"] == {"exact": 1, "pixel": 1, "near": 0, "conflict": 0}
     assert {"Training/a/copy.png", "Training/a/resaved.bmp"} <= set(tables["catalog"]["path"])
     split.main()
-    report = json.loads(Path("metrics/split.json").read_text())
+    report = json.loads(Path("metrics/report/split.json").read_text())
     assert report["test"]["n"] == 4
     assert report["leaks"]["test_images_with_copy"] == 1
     leaked = pd.read_csv("data/split/leaked_test.csv")
@@ -339,6 +355,6 @@ def test_enabled_dedup_removes_the_training_copies_of_test_images(tmp_path,
     assert counts["kept"] == 16 and "left_in" not in counts
     assert set(tables["duplicates"]["representative"]) == {"Testing/a/t0.png"}
     split.main()
-    report = json.loads(Path("metrics/split.json").read_text())
+    report = json.loads(Path("metrics/report/split.json").read_text())
     assert "leaks" not in report and report["test_copies_removed"]["copies"] == 2
     assert pd.read_csv("data/split/leaked_test.csv").empty

@@ -95,7 +95,7 @@ def built(tmp_path_factory) -> Path:
     repo = make_tiny_repo(tmp_path_factory.mktemp("built"))
     output = run([*DVC, "repro"], repo)
     assert ran(output) == {"sample", "pretrained", "dedup", "split", "prepare", "train",
-                           "evaluate", "export"}
+                           "evaluate", "export", "plots_page"}
     git(["add", "-A"], repo)
     git(["commit", "-qm", "repro"], repo)
     return repo
@@ -107,6 +107,32 @@ def repo(built: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "repo"
     shutil.copytree(built, copy, symlinks=True)
     return copy
+
+
+@pytest.mark.parametrize(("images", "stated"), [
+    (0, "class folder(s) ['c'] hold no image files"),
+    (2, "split: class 'c' has 2 images"),
+])
+def test_a_class_too_small_to_evaluate_stops_repro_before_a_model(tmp_path, images,
+                                                                   stated) -> None:
+    repo = make_tiny_repo(tmp_path)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["classes"] = ["a", "b", "c"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "data/tiny/c").mkdir()
+    (repo / "data/tiny/c/notes.txt").write_text("no images yet\n")
+    for index in range(images):
+        save(repo / "data/tiny/c" / f"c{index}.png", tiny_image(300 + index, 1))
+    run([*DVC, "add", "-q", "data/tiny"], repo)
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    result = subprocess.run([*DVC, "repro"], cwd=repo, capture_output=True, text=True,
+                            check=False, env={**os.environ, "PATH": path})
+    assert result.returncode != 0
+    said = [line for line in result.stderr.splitlines() if stated in line]
+    assert len(said) == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "Running stage 'train'" not in result.stdout
+    assert not (repo / "models/model.safetensors").exists()
 
 
 def test_second_repro_runs_nothing(repo: Path) -> None:
@@ -162,7 +188,7 @@ def learning_rates(node: object) -> list[float]:
         data = node.get("data") if isinstance(node.get("data"), dict) else {}
         params = (data.get("params") or {}).get("params.yaml", {}).get("data")
         metrics = (data.get("metrics") or {}).get("metrics/evaluate.json", {}).get("data")
-        if params and metrics and "test" in metrics:
+        if params and metrics and "acc" in metrics:
             found.append(params["train"]["lr"])
         for value in node.values():
             found += learning_rates(value)
@@ -177,6 +203,10 @@ def test_experiments_show_baseline_and_experiment_and_queue_completes(repo: Path
     run([*DVC, "exp", "run", "-S", "train.lr=1e-3"], repo)
     assert {3e-4, 1e-3} <= set(learning_rates(json.loads(run([*DVC, "exp", "show", "--json"],
                                                              repo))))
+    # The README's comparison fits a 200-column terminal without a cut ("…") column.
+    shown = run([*DVC, "exp", "show", "--only-changed", "--no-pager"], repo, {"COLUMNS": "200"})
+    assert "train.lr" in shown and "0.001" in shown and "…" not in shown, shown
+    assert max(map(len, shown.splitlines())) <= 200
     run([*DVC, "exp", "run", "--queue", "-S", "train.lr=1e-4,3e-4"], repo)
     run([*DVC, "queue", "start", "-j", "1"], repo)
     deadline = time.monotonic() + 300
@@ -294,5 +324,6 @@ def test_bring_data_in_with_add_and_import(repo: Path, tmp_path: Path) -> None:
     assert "reflink,hardlink,symlink,copy" in (repo / ".dvc/config").read_text()
     set_params(repo, evaluate__external_dir="data/imported")  # another source, scored apart
     assert ran(run([*DVC, "repro"], repo)) == {"evaluate"}
-    external = json.loads((repo / "metrics/evaluate.json").read_text())["external"]
+    report = json.loads((repo / "metrics/report/report.json").read_text())
+    external = report["metrics"]["external"]
     assert external["n"] == 40 and external["rejected"] == 0

@@ -35,12 +35,16 @@ DECLARED_FILES = [
     "models/model.onnx",
     "models/model.onnx.json",
     "models/int8/model.onnx",
-    "metrics/export.json",
     "metrics/dedup.json",
     "metrics/split.json",
-    "metrics/train/metrics.json",
+    "metrics/train.json",
     "metrics/evaluate.json",
+    "metrics/train/metrics.json",
     "metrics/predictions.csv",
+    "metrics/report/dedup.json",
+    "metrics/report/split.json",
+    "metrics/report/train.json",
+    "metrics/report/export.json",
     "metrics/report/report.json",
     "metrics/report/summary.csv",
     "metrics/report/errors.csv",
@@ -53,6 +57,7 @@ DECLARED_FILES = [
     "plots/evaluate/training_history.png",
     "plots/evaluate/plots/sklearn/confusion_matrix.json",
     "plots/evaluate/plots/sklearn/roc.json",
+    "plots/page.html",
 ]
 
 
@@ -93,14 +98,14 @@ def test_every_declared_output_exists(fresh_clone: Path) -> None:
 
 
 def test_default_run_scores_and_accounts_for_every_image(fresh_clone: Path) -> None:
-    evaluate = json.loads((fresh_clone / "metrics/evaluate.json").read_text())
+    evaluate = json.loads((fresh_clone / "metrics/report/report.json").read_text())["metrics"]
     assert evaluate["test"]["n"] > 50
     assert evaluate["test"]["accuracy"] >= 0.98
     assert evaluate["test"]["f1_macro"] >= 0.98 and evaluate["test"]["roc_auc"] >= 0.98
-    dedup = json.loads((fresh_clone / "metrics/dedup.json").read_text())
+    dedup = json.loads((fresh_clone / "metrics/report/dedup.json").read_text())
     sample_files = len(list((fresh_clone / "data/sample").rglob("*.png")))
     assert dedup["found"] == sample_files
-    split = json.loads((fresh_clone / "metrics/split.json").read_text())
+    split = json.loads((fresh_clone / "metrics/report/split.json").read_text())
     assert split["overlap"] == {"group": 0, "sha256": 0, "pixel_sha256": 0, "near_duplicate": 0}
     assert sum(split[s]["n"] for s in ("train", "val", "test")) == dedup["kept"]
     for name in ("train", "val", "test"):
@@ -114,23 +119,24 @@ def test_default_run_scores_and_accounts_for_every_image(fresh_clone: Path) -> N
     best = max(shortcut[name]["accuracy"] for name in ("image_statistics", "size_only"))
     assert shortcut["trivial_model_reaches_0_99"] == (best >= 0.99)
     assert list((fresh_clone / "plots/evaluate/gradcam").glob("*.png"))
-    export = json.loads((fresh_clone / "metrics/export.json").read_text())
+    export = json.loads((fresh_clone / "metrics/report/export.json").read_text())
     assert export["onnx"]["max_abs_probability_difference"] <= 1e-4
     assert export["onnx"]["labels_identical"] and export["n"] == test["n"]
 
 
 def test_dvc_metrics_and_plots_render(fresh_clone: Path, tmp_path: Path) -> None:
     shown = run([sys.executable, "-m", "dvc", "metrics", "show"], fresh_clone)
-    assert "test.accuracy" in shown and "test.accuracy_low" in shown
+    assert "acc_low" in shown and "best_epoch" in shown
     run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(tmp_path / "html")],
         fresh_clone)
     page = (tmp_path / "html" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "vegaEmbed" in page  # the offline template
     for title in ("Test confusion matrix", "Test ROC", "Test precision-recall", "Loss",
                   "Validation F1"):
         assert title in page, title
 
 
-@pytest.mark.parametrize("stage", ["sample", "pretrained"])
+@pytest.mark.parametrize("stage", ["sample", "pretrained", "plots_page"])
 def test_stage_reproduces_the_committed_lock(fresh_clone: Path, repo: Path, stage: str) -> None:
     assert lock_outs(fresh_clone / "dvc.lock", stage) == lock_outs(repo / "dvc.lock", stage)
 

@@ -1,3 +1,4 @@
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -26,6 +27,7 @@ from medimg.evaluation import (
 )
 from medimg.gradcam import grad_cam, overlay
 from medimg.models import create_model
+from medimg.plots import confusion_figure
 
 
 def planted(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -165,3 +167,20 @@ def test_grad_cam_gives_a_normalised_map_and_overlay() -> None:
     assert cam.shape == (48, 48) and cam.min() >= 0.0 and cam.max() <= 1.0
     blended = overlay(np.zeros((48, 48, 3), dtype=np.uint8), cam)
     assert blended.shape == (48, 48, 3) and blended.dtype == np.uint8
+
+
+def test_confusion_matrix_names_do_not_overlap_with_long_class_names() -> None:
+    classes = ["glioma_tumour_left_hemisphere", "meningioma_tumour_convexity",
+               "no_tumour_found_on_review", "pituitary_adenoma_macro"]
+    labels = np.arange(40) % 4
+    probs = np.eye(4)[(labels + (np.arange(40) % 5 == 0)) % 4]
+    figure = confusion_figure(labels, probs, classes)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    for axis in figure.axes:
+        for ticks in (axis.get_xticklabels(), axis.get_yticklabels()):
+            boxes = [label.get_window_extent(renderer) for label in ticks]
+            assert len(boxes) == 4
+            for index, box in enumerate(boxes):
+                assert not any(box.overlaps(other) for other in boxes[index + 1:])
+    plt.close(figure)

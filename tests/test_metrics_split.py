@@ -7,7 +7,14 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from medimg.data import resize_square
 from medimg.metrics import classification_metrics
-from medimg.splitting import allocate_groups, assign_splits, closest_pairs, leakage
+from medimg.splitting import (
+    SplitError,
+    allocate_groups,
+    assign_splits,
+    check_class_counts,
+    closest_pairs,
+    leakage,
+)
 
 
 def test_metrics_equal_scikit_learn() -> None:
@@ -144,3 +151,33 @@ def test_resize_policies(policy, corner) -> None:
     out = resize_square(wide, 32, policy)
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8
     assert int(out[0, 0, 0]) == corner
+
+
+def three_class_table(counts: dict[str, int], groups_per_class: dict[str, int]) -> pd.DataFrame:
+    rows = [{"class": name, "group": f"{name}{index % groups_per_class.get(name, count)}"}
+            for name, count in counts.items() for index in range(count)]
+    table = pd.DataFrame(rows)
+    table["label"] = table["class"].map({name: i for i, name in enumerate(counts)})
+    return table
+
+
+@pytest.mark.parametrize(("counts", "groups", "stated"), [
+    ({"a": 40, "b": 40, "c": 2}, {}, "class 'c' has 2 images in 2 groups"),
+    ({"a": 40, "b": 40, "c": 30}, {"c": 2}, "class 'c' has 30 images in 2 groups"),
+])
+def test_a_class_that_cannot_fill_every_split_stops_the_split(counts, groups, stated) -> None:
+    table = three_class_table(counts, groups)
+    table["split"] = assign_splits(table, 0.15, 0.15, seed=0)
+    with pytest.raises(SplitError) as caught:
+        check_class_counts(table, list(counts), 1)
+    message = str(caught.value)
+    assert stated in message and "split.min_per_split" in message and "\n" not in message
+    assert "val 0" in message or "test 0" in message
+
+
+def test_classes_with_enough_images_pass_and_the_minimum_is_configurable() -> None:
+    table = three_class_table({"a": 40, "b": 40, "c": 20}, {})
+    table["split"] = assign_splits(table, 0.15, 0.15, seed=0)
+    check_class_counts(table, ["a", "b", "c"], 3)
+    with pytest.raises(SplitError, match="class 'c'"):
+        check_class_counts(table, ["a", "b", "c"], 4)

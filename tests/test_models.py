@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import warnings
 from importlib.resources import files
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import timm
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from sklearn.metrics import log_loss
 
 from medimg.data import resize_square
 from medimg.inference import Classifier, TorchBackend
@@ -115,7 +117,17 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path) -> None:
 
 def test_probabilities_for_both_head_layouts() -> None:
     binary = probabilities(torch.tensor([[0.0], [2.0]]))
-    assert torch.allclose(binary.sum(dim=1), torch.ones(2))
+    assert torch.allclose(binary.sum(dim=1), torch.ones(2, dtype=torch.float64))
     assert binary[1, 1] == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item())
     multi = probabilities(torch.tensor([[1.0, 2.0, 3.0]]))
-    assert torch.allclose(multi, torch.softmax(torch.tensor([[1.0, 2.0, 3.0]]), dim=1))
+    assert torch.allclose(multi, torch.softmax(torch.tensor([[1.0, 2.0, 3.0]]), dim=1).double())
+
+
+def test_probabilities_sum_to_one_as_scikit_learn_checks() -> None:
+    logits = torch.randn(2000, 7, generator=torch.Generator().manual_seed(0)) * 8
+    probs = probabilities(logits).numpy()
+    labels = np.arange(2000) % 7
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "y_prob values do not sum to one" would raise
+        log_loss(labels, probs, labels=np.arange(7))
+    assert np.abs(probs.sum(axis=1) - 1.0).max() < 1e-12

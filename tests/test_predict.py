@@ -124,6 +124,8 @@ def test_json_output_globs_and_gradcam(model_dir, tmp_path) -> None:
     records = json.loads(out.read_text())
     assert status == 0 and len(records) == 3
     assert {r["predicted"] for r in records} == {"red"}
+    assert "\\/" not in out.read_text()  # paths as written, not "a\/b.png"
+    assert records[0]["path"] == str(tmp_path / "glob" / "r0.png")
     assert len(list((tmp_path / "cams").glob("*.png"))) == 3
 
 

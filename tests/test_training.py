@@ -20,7 +20,9 @@ from medimg.training import (
     Best,
     Interrupted,
     Trainer,
+    fingerprint,
     loss_function,
+    project_sources,
     seed_everything,
     warmup_cosine,
 )
@@ -54,9 +56,11 @@ def make_loop(num_classes: int = 2, state_dir: Path | None = None, stop=lambda: 
               **changes) -> Trainer:
     seed_everything(0)
     model = create_model(TINY, "none", num_classes)
+    train = settings(**changes)
+    run = fingerprint(train.model_dump(exclude={"resume"}), [], model)
     return Trainer(model, TinySet(32, num_classes, 1), TinySet(16, num_classes, 2),
-                settings(**changes), seed=0, num_classes=num_classes, state_dir=state_dir,
-                stop_requested=stop)
+                   train, seed=0, num_classes=num_classes, state_dir=state_dir,
+                   stop_requested=stop, fingerprint=run)
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -161,11 +165,50 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path) -> None
     with pytest.raises(Interrupted):
         interrupted.fit()
     resumed = make_loop(epochs=3, state_dir=tmp_path)
-    assert resumed.load_state() and resumed.start_epoch == 1
+    assert resumed.load_state() == "resumed" and resumed.start_epoch == 1
     resumed.fit()
     for key, value in whole.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     assert resumed.best.epoch == whole.best.epoch
+
+
+def test_resume_with_changed_params_starts_afresh(tmp_path) -> None:
+    calls = {"n": 0}
+
+    def stop_in_epoch_two() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 4 + 2
+
+    with pytest.raises(Interrupted):
+        make_loop(epochs=3, state_dir=tmp_path, stop=stop_in_epoch_two).fit()
+    changed = make_loop(epochs=3, state_dir=tmp_path, lr=3e-3)
+    assert changed.load_state() == "other run" and changed.start_epoch == 0
+    changed.fit()
+    fresh = make_loop(epochs=3, lr=3e-3)
+    fresh.fit()
+    for key, value in fresh.model.state_dict().items():
+        assert torch.equal(value, changed.model.state_dict()[key]), key
+
+
+def test_fingerprint_follows_settings_data_and_starting_weights(tmp_path) -> None:
+    data = tmp_path / "train.npy"
+    np.save(data, np.zeros(4))
+    model = create_model(TINY, "none", 2)
+    base = fingerprint({"lr": 1e-3}, [data], model)
+    assert fingerprint({"lr": 1e-3}, [data], model) == base
+    assert fingerprint({"lr": 2e-3}, [data], model) != base
+    with torch.no_grad():
+        model.get_classifier().bias.add_(1.0)
+    assert fingerprint({"lr": 1e-3}, [data], model) != base
+    np.save(data, np.ones(4))
+    assert fingerprint({"lr": 1e-3}, [data], create_model(TINY, "none", 2)) != base
+
+
+def test_fingerprint_covers_the_project_code_that_runs() -> None:
+    sources = {path.relative_to(REPO).as_posix() for path in project_sources()}
+    assert {"stages/medimg/training.py", "stages/medimg/models.py",
+            "stages/medimg/params.py"} <= sources
+    assert all(name.startswith("stages/") for name in sources)
 
 
 def test_class_weights_and_schedule() -> None:
@@ -214,7 +257,7 @@ def test_two_process_gloo_run_trains_and_writes_once(tmp_path) -> None:
 def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path) -> None:
     write_tiny_project(tmp_path)
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    params["train"].update(epochs=40, patience=40)
+    params["train"].update(epochs=30, patience=30)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     train = [sys.executable, str(REPO / "stages" / "train.py")]
     state = tmp_path / "models/last/state.pt"
@@ -228,10 +271,11 @@ def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path) -> None:
     assert process.returncode == 130
     assert "rerun with train.resume: true" in err
     assert not (tmp_path / "models/model.safetensors").exists()
+    assert not (tmp_path / "metrics/train.json").exists()  # no figures of a partial run
     saved = torch.load(state, weights_only=True)["epoch"]
-    assert saved < 39
+    assert saved < 29
     assert f"epochs 0 to {saved} are saved in models/last" in err
-    params["train"].update(resume=True, epochs=saved + 2)
+    params["train"].update(resume=True)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = subprocess.run(train, cwd=tmp_path, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -239,7 +283,29 @@ def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path) -> None:
     assert f"epoch {saved + 1} full" in result.stdout and f"epoch {saved} full" not in result.stdout
     assert (tmp_path / "models/model.safetensors").exists()
     history = pd.read_csv(tmp_path / "metrics/train/plots/metrics/train/loss.tsv", sep="\t")
-    assert history["step"].tolist() == list(range(saved + 2))  # earlier epochs replayed
+    assert history["step"].tolist() == list(range(30))  # earlier epochs replayed
+    report = json.loads((tmp_path / "metrics/report/train.json").read_text())
+    assert report["epochs_run"] == 30 and not report["stopped_early"]
+    assert json.loads((tmp_path / "metrics/train.json").read_text()) == {
+        "best_epoch": report["best_epoch"], "val_f1": round(report["best_value"], 4)}
+    assert not state.exists()  # a completed run leaves nothing to resume
+    again = subprocess.run(train, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert "holds no state; starting afresh" in again.stdout
+
+
+def test_resume_after_a_params_change_says_so_and_starts_afresh(tmp_path) -> None:
+    write_tiny_project(tmp_path)
+    state = tmp_path / "models/last/state.pt"
+    state.parent.mkdir(parents=True)
+    torch.save({"fingerprint": "another run", "epoch": 0}, state)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["train"].update(resume=True, epochs=1, freeze_epochs=0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, str(REPO / "stages" / "train.py")], cwd=tmp_path,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "holds the state of another run" in result.stdout
+    assert "epoch 0 full" in result.stdout and not state.exists()
 
 
 class SlowSet(TinySet):

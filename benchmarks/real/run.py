@@ -176,8 +176,8 @@ def patients(work: Path, regex: str) -> dict:
 
 def results(name: str, spec: dict, params: dict, work: Path, seconds: dict, full: bool) -> dict:
     metrics = work / "metrics"
-    train = read_json(metrics / "train/metrics.json")
-    evaluate = read_json(metrics / "evaluate.json")
+    train = read_json(metrics / "report/train.json")
+    evaluate = read_json(metrics / "report/report.json")["metrics"]
     return {
         "run": name,
         "task": spec["task"],
@@ -192,9 +192,11 @@ def results(name: str, spec: dict, params: dict, work: Path, seconds: dict, full
                                                  "model", "train")},
         "stage_seconds": seconds,
         "total_seconds": round(sum(seconds.values()), 1),
-        "dedup": read_json(metrics / "dedup.json"),
-        "split": read_json(metrics / "split.json"),
-        "train": {"epochs_run": train["step"] + 1, "best": train["best"]},
+        "dedup": read_json(metrics / "report/dedup.json"),
+        "split": read_json(metrics / "report/split.json"),
+        "train": {"epochs_run": train["epochs_run"],
+                  "best": {"epoch": train["best_epoch"], train["monitor"]: train["best_value"],
+                           "val_loss": train["best_val_loss"]}},
         "evaluate": {key: evaluate[key] for key in ("val", "test", "shortcut")},
         "test_predictions": test_predictions(work, params["classes"]),
         **({"patients": patients(work, spec["patient_regex"])} if "patient_regex" in spec

@@ -24,6 +24,11 @@ from sklearn.preprocessing import StandardScaler
 from medimg.metrics import accuracy, macro_f1, roc_auc
 
 Z95 = 1.959963984540054
+# The test figures a reader compares across experiments (`dvc exp show`), under short
+# names so that `dvc metrics show` fits a screen; each with its 95% interval where it has
+# one. Every other figure is in metrics/report/report.json.
+HEADLINE = {"acc": "accuracy", "bal_acc": "balanced_accuracy", "f1": "f1_macro",
+            "auc": "roc_auc", "ece": "ece"}
 
 
 def wilson_interval(successes: int, total: int, z: float = Z95) -> tuple[float, float]:
@@ -155,6 +160,17 @@ def full_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], resa
                        else float(((probs - onehot) ** 2).sum(axis=1).mean()))
     result["log_loss"] = float(log_loss(labels, np.clip(probs, 1e-15, 1.0), labels=every))
     result["ece"] = expected_calibration_error(labels, probs, ece_bins)
+    return result
+
+
+def headline(metrics: dict) -> dict[str, float | None]:
+    """The HEADLINE figures of one split's `full_metrics`, rounded to 4 decimals."""
+    result: dict[str, float | None] = {}
+    for short, name in HEADLINE.items():
+        for suffix in ("", "_low", "_high"):
+            if f"{name}{suffix}" in metrics:
+                value = metrics[f"{name}{suffix}"]
+                result[short + suffix] = None if value is None else round(value, 4)
     return result
 
 

@@ -86,7 +86,7 @@ class Classifier:
     def predict(self, images: np.ndarray, batch_size: int) -> np.ndarray:
         """N x C class probabilities (float64) for uint8 N x H x W x 3 images."""
         batches = (images[start:start + batch_size] for start in range(0, len(images), batch_size))
-        return probabilities(self.logits(batches)).double().numpy()
+        return probabilities(self.logits(batches)).numpy()
 
 
 def load_classifier(model_dir: Path, backend: str = "torch", device: torch.device = CPU,

@@ -98,7 +98,9 @@ def _pretrained_model(name: str, pretrained: str, outputs: int,
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Per-class probabilities, N x C, for either head layout."""
+    """Per-class probabilities, N x C, for either head layout, in float64: in float32 a
+    row's sum strays from 1 by more than scikit-learn's log loss accepts."""
+    logits = logits.double()
     if logits.shape[1] == 1:
         positive = torch.sigmoid(logits[:, 0])
         return torch.stack([1.0 - positive, positive], dim=1)

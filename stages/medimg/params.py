@@ -4,6 +4,7 @@ The whole file is validated on every load, so a typo anywhere stops a stage with
 line that names the key and the file, instead of a KeyError deep inside training.
 """
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -48,6 +49,7 @@ class DataParams(Section):
     class_level: PositiveInt = 1
     groups_file: str | None = None
     group_regex: str | None = None
+    ignore_classes: list[str] = []
 
 
 class SampleParams(Section):
@@ -83,6 +85,7 @@ class SplitParams(Section):
     fold: NonNegativeInt
     respect_existing: str | None
     closest_pairs: NonNegativeInt
+    min_per_split: PositiveInt
 
     @model_validator(mode="after")
     def _consistent(self) -> "SplitParams":
@@ -176,6 +179,9 @@ class Params(Section):
     def _classes_unique(self) -> "Params":
         if len(set(self.classes)) != len(self.classes):
             raise ValueError("class names must be unique")
+        both = sorted(set(self.classes) & set(self.data.ignore_classes))
+        if both:
+            raise ValueError(f"data.ignore_classes names listed classes {both}")
         return self
 
 
@@ -183,13 +189,32 @@ class ParamsError(SystemExit):
     """Raised with a one-line message; as a SystemExit it ends a stage without a traceback."""
 
 
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys the section at `loc` accepts (`loc` ends with the unknown key)."""
+    model: type[BaseModel] = Params
+    for part in loc[:-1]:
+        field_type = model.model_fields[str(part)].annotation
+        if not (isinstance(field_type, type) and issubclass(field_type, BaseModel)):
+            return []
+        model = field_type
+    return list(model.model_fields)
+
+
 def _first_error(err: ValidationError, path: Path) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "<top level>"
+    # An unknown key comes first: a misspelt key also makes its right spelling "missing",
+    # and the misspelling is what the user has to find.
+    first = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+    loc = [str(part) for part in first["loc"]]
+    key = ".".join(loc) or "<top level>"
     if first["type"] == "extra_forbidden":
-        return f"{path}: unknown key '{key}'"
+        close = difflib.get_close_matches(loc[-1], _known_keys(first["loc"]), n=1)
+        hint = f" (did you mean '{'.'.join(loc[:-1] + close)}'?)" if close else ""
+        return f"{path}: unknown key '{key}'{hint}"
     if first["type"] == "missing":
         return f"{path}: missing key '{key}'"
+    if first["type"] == "value_error" and isinstance(first.get("input"), dict):
+        # A check across the keys of a section: its message names them.
+        return f"{path}: bad values in '{key}': {first['msg'].removeprefix('Value error, ')}"
     return f"{path}: bad value for '{key}': {first['msg']} (got {first.get('input')!r})"
 
 

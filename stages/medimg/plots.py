@@ -1,5 +1,6 @@
 """Evaluation figures, as PNG for people and as plot data for `dvc plots`."""
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -39,15 +40,25 @@ def plot_data(folder: Path, labels: np.ndarray, probs: np.ndarray, classes: list
             live.log_sklearn_plot("calibration", labels, probs[:, 1])
 
 
-def confusion_png(path: Path, labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:
-    names = np.asarray(classes)
-    figure, axes = plt.subplots(1, 2, figsize=(4 + 2 * len(classes), 4))
+def confusion_figure(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> plt.Figure:
+    """Counts and row-normalised confusion matrices side by side. Long class names wrap
+    and the column names slant, so that neighbouring names never overlap."""
+    names = np.asarray([textwrap.fill(name, 16) for name in classes])
+    longest = max(len(name) for name in classes)
+    size = 3 + 0.8 * len(classes) + 0.06 * min(longest, 16)
+    figure, axes = plt.subplots(1, 2, figsize=(2 * size, size))
     for axis, normalize, title in ((axes[0], None, "counts"), (axes[1], "true", "normalised")):
         ConfusionMatrixDisplay.from_predictions(names[labels], names[probs.argmax(1)],
                                                 labels=names, normalize=normalize, ax=axis,
-                                                colorbar=False, xticks_rotation=30)
+                                                colorbar=False)
+        plt.setp(axis.get_xticklabels(), rotation=40, ha="right", rotation_mode="anchor")
         axis.set_title(f"Test confusion matrix ({title})")
-    save_figure(path, figure)
+    figure.tight_layout()
+    return figure
+
+
+def confusion_png(path: Path, labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:
+    save_figure(path, confusion_figure(labels, probs, classes))
 
 
 def curves_png(folder: Path, labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:

@@ -9,6 +9,10 @@ SPLITS = ("train", "val", "test")
 EXCLUDED = "excluded"
 
 
+class SplitError(SystemExit):
+    """A split that cannot give an honest evaluation; the message says why, in one line."""
+
+
 def allocate_groups(labels: np.ndarray, groups: np.ndarray, shares: dict[str, float],
                     seed: int) -> np.ndarray:
     """Assign whole groups to named parts so each part's per-class counts approach
@@ -66,6 +70,20 @@ def assign_splits(table: pd.DataFrame, val: float, test: float, seed: int, folds
                                 {"val": val_share, "train": 1.0 - val_share}, seed)
         split[rest[parts == "val"]] = "val"
     return split
+
+
+def check_class_counts(table: pd.DataFrame, classes: list[str], min_per_split: int) -> None:
+    """Stop unless every class has `min_per_split` images in each of train, val and test:
+    a class absent from test would still score a perfect accuracy on the others."""
+    for name in classes:
+        rows = table[table["class"] == name]
+        counts = rows["split"].value_counts()
+        if min(int(counts.get(split, 0)) for split in SPLITS) < min_per_split:
+            found = ", ".join(f"{split} {int(counts.get(split, 0))}" for split in SPLITS)
+            raise SplitError(
+                f"split: class '{name}' has {len(rows)} images in {rows['group'].nunique()} "
+                f"groups, split as {found}; every class needs at least {min_per_split} in "
+                f"each (split.min_per_split), in whole groups")
 
 
 def _cross_split(split: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:

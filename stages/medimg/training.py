@@ -2,15 +2,19 @@
 stopping on a monitored metric, resumable state, and DistributedDataParallel."""
 
 import copy
+import hashlib
+import json
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import timm
 import torch
 from timm.optim import param_groups_weight_decay
 from torch import nn
@@ -20,6 +24,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from medimg.devices import autocast, peak_memory_gb, rank_zero_decides
+from medimg.hashing import file_sha256
 from medimg.inference import Classifier, TorchBackend, normalise
 from medimg.io import atomic_path
 from medimg.metrics import classification_metrics
@@ -28,6 +33,7 @@ from medimg.params import MONITORED, TrainParams
 
 STATE_FILE = "state.pt"
 CPU = torch.device("cpu")
+SOURCES = Path(__file__).resolve().parents[1]  # stages/: the project's own code
 
 
 class Interrupted(Exception):
@@ -63,6 +69,29 @@ def seed_worker(worker_id: int) -> None:
     transform = getattr(info.dataset, "transform", None) if info else None
     if transform is not None and hasattr(transform, "set_random_seed"):
         transform.set_random_seed(seed)
+
+
+def project_sources() -> list[Path]:
+    """Source files of every loaded module of this project (the stage script included)."""
+    loaded = {Path(module.__file__).resolve() for module in list(sys.modules.values())
+              if getattr(module, "__file__", None)}
+    return sorted(path for path in loaded if path.is_relative_to(SOURCES))
+
+
+def fingerprint(settings: dict, data_files: Iterable[Path], model: nn.Module) -> str:
+    """What saved training state must match to be resumed: the settings that shape training,
+    the data, the model's starting weights, the code that runs and the library versions.
+    State from any other run is not a continuation of this one."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for path in data_files:
+        digest.update(file_sha256(path).encode())
+    for key, tensor in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    for path in project_sources():
+        digest.update(path.read_bytes())
+    digest.update(f"torch {torch.__version__} timm {timm.__version__}".encode())
+    return digest.hexdigest()
 
 
 def timed(batches: Iterable) -> Iterator[tuple[float, Any]]:
@@ -231,6 +260,7 @@ class Trainer:
     rank: int = 0
     world: int = 1
     stop_requested: Callable[[], bool] = lambda: False
+    fingerprint: str = ""  # of this run; saved state with another one is not resumed
 
     def __post_init__(self) -> None:
         p = self.params
@@ -326,16 +356,24 @@ class Trainer:
                  "scheduler": self.scheduler.state_dict(),
                  "best": {"epoch": self.best.epoch, "value": self.best.value,
                           "loss": self.best.loss, "state": self.best.state},
-                 "history": self.history}
+                 "history": self.history, "fingerprint": self.fingerprint}
         with atomic_path(self.state_dir / STATE_FILE) as tmp:
             torch.save(state, tmp)
 
-    def load_state(self) -> bool:
-        """Continue after the last completed epoch saved in state_dir, if there is one."""
+    def clear_state(self) -> None:
+        """Forget the saved state once the run is complete: nothing is left to resume."""
+        if self.state_dir is not None and self.rank == 0:
+            (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+
+    def load_state(self) -> Literal["resumed", "absent", "other run"]:
+        """Continue after the last completed epoch saved in state_dir, if there is one and it
+        comes from this very run (same fingerprint)."""
         path = None if self.state_dir is None else self.state_dir / STATE_FILE
         if path is None or not path.is_file():
-            return False
+            return "absent"
         state = torch.load(path, map_location=self.device, weights_only=True)
+        if state.get("fingerprint") != self.fingerprint:
+            return "other run"
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -344,7 +382,7 @@ class Trainer:
                          best["state"])
         self.start_epoch = state["epoch"] + 1
         self.history = state["history"]
-        return True
+        return "resumed"
 
     def fit(self, on_epoch: Callable[[EpochLog], None] = lambda log: None) -> Best:
         p = self.params

@@ -2,6 +2,8 @@
 image of a class or an ignored entry with its reason, so nothing is silently lost."""
 
 import os
+from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,16 +60,17 @@ def _class_folders(raw_dir: Path, class_level: int) -> set[str]:
 
 
 def walk_dataset(raw_dir: Path, classes: list[str], class_level: int = 1,
-                 skip: frozenset[str] = frozenset()) -> Walk:
+                 skip: frozenset[str] = frozenset(), ignore_classes: Collection[str] = ()) -> Walk:
     """List image candidates under the class folders at depth `class_level`; every other
-    file is ignored with a reason."""
+    file, and every file of an `ignore_classes` folder, is ignored with a reason."""
     if not raw_dir.is_dir():
         raise DatasetError(f"data.raw_dir: folder {raw_dir} does not exist")
     folders = _class_folders(raw_dir, class_level)
-    unknown = sorted(folders - set(classes))
+    unknown = sorted(folders - set(classes) - set(ignore_classes))
     if unknown:
         raise DatasetError(f"{raw_dir}: class folder(s) {unknown} not listed in params "
-                           f"'classes' {classes}")
+                           f"'classes' {classes}; list them, or leave them out with "
+                           f"data.ignore_classes")
     missing = [name for name in classes if name not in folders]
     if missing:
         raise DatasetError(f"{raw_dir}: class folder(s) {missing} from params 'classes' "
@@ -82,6 +85,8 @@ def walk_dataset(raw_dir: Path, classes: list[str], class_level: int = 1,
             ignored.append((rel, "hidden or OS file"))
         elif len(parts) <= class_level:
             ignored.append((rel, "outside any class folder"))
+        elif parts[class_level - 1] in ignore_classes:
+            ignored.append((rel, "class folder in data.ignore_classes"))
         elif not is_image_name(Path(rel)):
             ignored.append((rel, "not an image file type"))
         else:
@@ -89,4 +94,9 @@ def walk_dataset(raw_dir: Path, classes: list[str], class_level: int = 1,
             candidates.append(Candidate(rel, parts[class_level - 1], origin))
     if not candidates:
         raise DatasetError(f"{raw_dir}: no image files found in the class folders")
+    found = Counter(candidate.label_name for candidate in candidates)
+    empty = [name for name in classes if not found[name]]
+    if empty:
+        raise DatasetError(f"{raw_dir}: class folder(s) {empty} hold no image files; "
+                           f"images per class: {dict(found)}")
     return Walk(candidates=candidates, ignored=ignored)
