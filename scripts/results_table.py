@@ -39,6 +39,7 @@ LOADER_BEGIN, LOADER_END = markers("loader-benchmark")
 TRAIN_BEGIN, TRAIN_END = markers("train-benchmark")
 DVC_BEGIN, DVC_END = markers("dvc-benchmark")
 INFERENCE_BEGIN, INFERENCE_END = markers("inference-benchmark")
+EXP_SHOW_BEGIN, EXP_SHOW_END = markers("exp-show")
 # The original notebook's reported figures (see ../shared/research/data-and-weights.md).
 ORIGINAL = {"images": "3,264 MRI + 10,000 histopathology", "test_n": 1955, "test_errors": 0}
 # Task: (baseline run, leaky run, what differs).
@@ -365,6 +366,15 @@ def dvc_markdown(root: Path) -> str:
     return "\n".join(lines)
 
 
+def exp_show_markdown(root: Path) -> str:
+    shown = load(root, "exp_show.json", "benchmarks/results")
+    return "\n".join([
+        f"```bash\n{shown['experiment']}\n{shown['command']}\n```", "",
+        f"In a fresh clone ({shown['date']}; `benchmarks/exp_show.py`), "
+        f"{shown['exp_show_widest_line']} columns:", "", "```",
+        "\n".join(line.rstrip() for line in shown["exp_show"].splitlines()), "```"])
+
+
 def inference_markdown(root: Path) -> str:
     bench = load(root, "inference.json", "benchmarks/results")
     export = load(root, "report/export.json")
@@ -377,9 +387,9 @@ def inference_markdown(root: Path) -> str:
         lines.append(f"| {label} | {row['images_per_second_batch32']} | "
                      f"{row['latency_ms_p50_batch1']} | {row['latency_ms_p95_batch1']} |")
     onnx = export["onnx"]
-    lines += ["", f"Parity on the {export['n']} test images (`metrics/report/export.json`): largest "
-              f"probability difference {onnx['max_abs_probability_difference']:.1e}, labels "
-              f"{'identical' if onnx['labels_identical'] else 'DIFFERENT'}; ONNX model "
+    lines += ["", f"Parity on the {export['n']} test images (`metrics/report/export.json`): "
+              f"largest probability difference {onnx['max_abs_probability_difference']:.1e}, "
+              f"labels {'identical' if onnx['labels_identical'] else 'DIFFERENT'}; ONNX model "
               f"{onnx['size_mb']} MB."]
     if "int8" in export:
         int8 = export["int8"]
@@ -526,6 +536,7 @@ def real_markdown(root: Path) -> str:
 
 FILES: dict[str, list[Section]] = {
     "README.md": [(BEGIN, END, results_markdown),
+                  (EXP_SHOW_BEGIN, EXP_SHOW_END, exp_show_markdown),
                   (REAL_TABLE_BEGIN, REAL_TABLE_END, real_table_markdown)],
     "docs/real-data.md": [(REAL_BEGIN, REAL_END, real_markdown)],
     "benchmarks/README.md": [(DEDUP_BEGIN, DEDUP_END, dedup_markdown),

@@ -13,6 +13,7 @@ from pathlib import Path
 import vl_convert
 
 from medimg.io import atomic_path
+from medimg.params import load_params
 
 OUT = Path("plots/page.html")
 VEGA_LITE = "5.21"  # DVC's vega templates declare the Vega-Lite v5 schema
@@ -59,6 +60,7 @@ def page_html(bundle: str) -> str:
 
 
 def main() -> None:
+    load_params()  # every stage stops on a params error before any work
     page = page_html(vl_convert.javascript_bundle(vl_version=VEGA_LITE))
     with atomic_path(OUT) as tmp:
         tmp.write_text(page, encoding="utf-8")

@@ -111,7 +111,7 @@ def test_neighbouring_slices_are_kept_but_share_a_split_group(tmp_path, monkeypa
     assert counts["kept"] == 8 and counts["near_duplicates"] == 0
     groups = tables["catalog"].set_index("path")["group"]
     assert groups[[f"a/slice{i}.png" for i in range(6)]].nunique() < 6
-    similarity = json.loads(Path("metrics/dedup.json").read_text())["similarity"]
+    similarity = json.loads(Path("metrics/report/dedup.json").read_text())["similarity"]
     assert similarity["cross_class"] == 0 and similarity["images"] >= 2
 
 
@@ -182,7 +182,7 @@ def test_no_review_leaves_empty_sheet_folders(tmp_path, monkeypatch) -> None:
     original = Image.fromarray(head(30))
     put(raw / "a/original.png", original)
     put(raw / "a/flipped.png", original.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
-    for seed in range(31, 37):
+    for seed in range(31, 45):  # enough of each class to fill train, val and test
         put(raw / f"{'ab'[seed % 2]}/x{seed}.png", Image.fromarray(head(seed)))
     put(Path("plots/dedup/duplicates_001.png"), original)  # stale, from an earlier run
     counts, _ = run_dedup()

@@ -1,3 +1,4 @@
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,16 @@ def test_stage_stops_with_one_line(tmp_path, repo) -> None:
                             capture_output=True, text=True, check=False)
     assert result.returncode != 0
     assert result.stderr.strip() == "params.yaml: unknown key 'split.seeed'"
+
+
+def test_every_stage_validates_params_before_any_work(repo: Path) -> None:
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        script = repo / stage["cmd"].split()[1]
+        tree = ast.parse(script.read_text())
+        main = next(node for node in tree.body
+                    if isinstance(node, ast.FunctionDef) and node.name == "main")
+        first = main.body[0]
+        call = first.value if isinstance(first, ast.Assign | ast.Expr) else None
+        assert isinstance(call, ast.Call) and getattr(call.func, "id", "") == "load_params", (
+            f"{name}: main() does not start with load_params()")

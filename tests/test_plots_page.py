@@ -64,13 +64,14 @@ def major(version: str) -> int:
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The template as the stage writes it, run in an empty folder."""
+    """The template as the stage writes it, run in a folder with only params.yaml."""
     work = tmp_path_factory.mktemp("stage")
+    shutil.copy2(REPO / "params.yaml", work / "params.yaml")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(work)
         plots_page.main()
     written = sorted(path.relative_to(work).as_posix() for path in work.rglob("*"))
-    assert written == ["plots", "plots/page.html"]  # no temporary file left behind
+    assert written == ["params.yaml", "plots", "plots/page.html"]  # no temporary file left
     return (work / plots_page.OUT).read_text(encoding="utf-8")
 
 
