@@ -1,6 +1,9 @@
 import numpy as np
 import pytest
+import yaml
 
+import sample
+from conftest import REPO
 from medimg.params import SampleParams
 from sample import image_tiles, slab_of, tissue_fraction, volume_slices
 
@@ -51,3 +54,15 @@ def test_sagittal_stop_limits_only_the_sagittal_plane(stop) -> None:
     sagittal = [s for s in slices if "sagittal" in s.relpath]
     coronal = [s for s in slices if "coronal" in s.relpath]
     assert len(sagittal) == (3 if stop else 6) and len(coronal) == 6
+
+
+def test_sample_builds_nothing_when_raw_dir_points_elsewhere(tmp_path, monkeypatch) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["raw_dir"] = "/data/study"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "data/sample/mri").mkdir(parents=True)  # from an earlier default run
+    monkeypatch.chdir(tmp_path)
+    sample.main()
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    assert written == ["data", "data/sample", "data/sample/NOT_BUILT.txt", "params.yaml"]
+    assert "/data/study" in (tmp_path / "data/sample/NOT_BUILT.txt").read_text()
