@@ -393,3 +393,14 @@ def test_train_benchmark_measures_the_limits_on_the_cpu(tmp_path) -> None:
     plain, opencv = bench["loader"]
     assert plain["workers"] == 0 and plain["images_per_second"] > 0
     assert opencv["workers"] == 1 and opencv["opencv_threads_per_worker"] == 1
+
+
+def test_the_fingerprint_covers_every_param_the_train_stage_declares() -> None:
+    import train as train_stage
+
+    declared = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["params"]
+    settings = train_stage.run_settings(load_params(REPO / "params.yaml"))
+    covered = {key for key in settings if key != "prepare"} | {
+        f"prepare.{key}" for key in settings["prepare"]}
+    assert covered == set(declared)
+    assert "resume" not in settings["train"]
