@@ -3,7 +3,7 @@
 Stage one trains only the classifier head on a frozen backbone, stage two the whole
 network; AdamW with warm-up and cosine schedule, early stopping on `train.monitor`, and the
 best epoch is saved as models/model.safetensors + models/model.json, with
-metrics/train.json (best epoch and its monitored value: the DVC metric) and
+metrics/train.json (best epoch and its value of train.monitor: the DVC metric) and
 metrics/report/train.json. dvclive logs every epoch to metrics/train. SIGINT/SIGTERM stop
 cleanly after saving nothing partial; `train.resume: true` continues from models/last when
 the state there comes from this same run (params, data, starting weights and code), and
@@ -105,7 +105,9 @@ def write_metrics(best: Best, params: Params, epochs_run: int) -> None:
                         "best_value": best.value, "best_val_loss": best.loss,
                         "epochs_run": epochs_run,
                         "stopped_early": epochs_run < params.train.epochs})
-    write_json(METRICS, {"best_epoch": best.epoch, monitor: round(best.value, 4)})
+    # "best": the monitored value under one name, so the column's width does not depend
+    # on train.monitor (the metrics must fit a screen).
+    write_json(METRICS, {"best_epoch": best.epoch, "best": round(best.value, 4)})
 
 
 def main() -> None:

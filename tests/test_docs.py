@@ -158,7 +158,8 @@ def test_a_changed_param_value_makes_the_parameter_reference_out_of_date(tmp_pat
 
 def test_the_results_check_names_the_out_of_date_file(tmp_path: Path) -> None:
     copy_into(tmp_path, "README.md", "docs", "benchmarks/README.md", "benchmarks/results",
-              "metrics/report")
+              "params.yaml", "metrics/dedup.json", "metrics/split.json",
+              "metrics/train.json", "metrics/evaluate.json")
     study = tmp_path / "docs/real-data.md"
     study.write_text(study.read_text().replace("| a_original |", "| a_renamed |", 1))
     result = check("results_table.py", tmp_path)
@@ -168,7 +169,8 @@ def test_the_results_check_names_the_out_of_date_file(tmp_path: Path) -> None:
 
 def test_the_results_check_names_a_missing_marker(tmp_path: Path) -> None:
     copy_into(tmp_path, "README.md", "docs", "benchmarks/README.md", "benchmarks/results",
-              "metrics/report")
+              "params.yaml", "metrics/dedup.json", "metrics/split.json",
+              "metrics/train.json", "metrics/evaluate.json")
     benchmarks = tmp_path / "benchmarks/README.md"
     benchmarks.write_text(benchmarks.read_text().replace("<!-- dvc-benchmark:end -->", ""))
     result = check("results_table.py", tmp_path)

@@ -126,7 +126,7 @@ def test_default_run_scores_and_accounts_for_every_image(fresh_clone: Path) -> N
 
 def test_dvc_metrics_and_plots_render(fresh_clone: Path, tmp_path: Path) -> None:
     shown = run([sys.executable, "-m", "dvc", "metrics", "show"], fresh_clone)
-    assert "acc_low" in shown and "best_epoch" in shown
+    assert "acc_lo" in shown and "best_epoch" in shown
     run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(tmp_path / "html")],
         fresh_clone)
     page = (tmp_path / "html" / "index.html").read_text()
@@ -134,6 +134,29 @@ def test_dvc_metrics_and_plots_render(fresh_clone: Path, tmp_path: Path) -> None
     for title in ("Test confusion matrix", "Test ROC", "Test precision-recall", "Loss",
                   "Validation F1"):
         assert title in page, title
+
+
+def test_headline_metrics_are_the_report_figures_rounded(fresh_clone: Path) -> None:
+    def read(name: str) -> dict:
+        return json.loads((fresh_clone / name).read_text())
+
+    metrics = read("metrics/report/report.json")["metrics"]
+    test = metrics["test"]
+    names = {"acc": "accuracy", "bal_acc": "balanced_accuracy", "f1": "f1_macro",
+             "auc": "roc_auc", "ece": "ece"}
+    expected = {short + end: round(test[name + full], 4) for short, name in names.items()
+                for end, full in (("", ""), ("_lo", "_low"), ("_hi", "_high"))
+                if name + full in test}
+    expected["shortcut"] = round(max(metrics["shortcut"][kind]["accuracy"]
+                                     for kind in ("image_statistics", "size_only")), 4)
+    assert read("metrics/evaluate.json") == expected
+    dedup, split = read("metrics/report/dedup.json"), read("metrics/report/split.json")
+    assert read("metrics/dedup.json") == {"found": dedup["found"], "kept": dedup["kept"]}
+    assert read("metrics/split.json") == {name: split[name]["n"]
+                                          for name in ("train", "val", "test")}
+    train = read("metrics/report/train.json")
+    assert read("metrics/train.json") == {"best_epoch": train["best_epoch"],
+                                          "best": round(train["best_value"], 4)}
 
 
 @pytest.mark.parametrize("stage", ["sample", "pretrained", "plots_page"])

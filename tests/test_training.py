@@ -287,7 +287,7 @@ def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path) -> None:
     report = json.loads((tmp_path / "metrics/report/train.json").read_text())
     assert report["epochs_run"] == 30 and not report["stopped_early"]
     assert json.loads((tmp_path / "metrics/train.json").read_text()) == {
-        "best_epoch": report["best_epoch"], "val_f1": round(report["best_value"], 4)}
+        "best_epoch": report["best_epoch"], "best": round(report["best_value"], 4)}
     assert not state.exists()  # a completed run leaves nothing to resume
     again = subprocess.run(train, cwd=tmp_path, capture_output=True, text=True, check=False)
     assert "holds no state; starting afresh" in again.stdout

@@ -25,10 +25,11 @@ from medimg.metrics import accuracy, macro_f1, roc_auc
 
 Z95 = 1.959963984540054
 # The test figures a reader compares across experiments (`dvc exp show`), under short
-# names so that `dvc metrics show` fits a screen; each with its 95% interval where it has
-# one. Every other figure is in metrics/report/report.json.
+# names so that `dvc metrics show` fits a 200-column screen; each with its 95% interval
+# (_lo, _hi) where it has one. Every other figure is in metrics/report/report.json.
 HEADLINE = {"acc": "accuracy", "bal_acc": "balanced_accuracy", "f1": "f1_macro",
             "auc": "roc_auc", "ece": "ece"}
+INTERVAL = {"": "", "_lo": "_low", "_hi": "_high"}  # headline suffix: full-name suffix
 
 
 def wilson_interval(successes: int, total: int, z: float = Z95) -> tuple[float, float]:
@@ -167,10 +168,10 @@ def headline(metrics: dict) -> dict[str, float | None]:
     """The HEADLINE figures of one split's `full_metrics`, rounded to 4 decimals."""
     result: dict[str, float | None] = {}
     for short, name in HEADLINE.items():
-        for suffix in ("", "_low", "_high"):
+        for short_suffix, suffix in INTERVAL.items():
             if f"{name}{suffix}" in metrics:
                 value = metrics[f"{name}{suffix}"]
-                result[short + suffix] = None if value is None else round(value, 4)
+                result[short + short_suffix] = None if value is None else round(value, 4)
     return result
 
 
