@@ -221,6 +221,9 @@ def test_experiments_show_baseline_and_experiment_and_queue_completes(repo: Path
     assert (repo.parent / "diff" / "index.html").is_file()
     assert {1e-4, 3e-4, 1e-3} <= set(learning_rates(json.loads(
         run([*DVC, "exp", "show", "--json"], repo))))
+    # The three finished experiments, aggregated from DVC's own records.
+    table = run([sys.executable, str(REPO / "scripts/aggregate_experiments.py")], repo)
+    assert "| acc | 3 |" in table and "skipped" not in table
 
 
 def free_port() -> int:

@@ -29,7 +29,8 @@ Z95 = 1.959963984540054
 # (_lo, _hi) where it has one. Every other figure is in metrics/report/report.json.
 HEADLINE = {"acc": "accuracy", "bal_acc": "balanced_accuracy", "f1": "f1_macro",
             "auc": "roc_auc", "ece": "ece"}
-INTERVAL = {"": "", "_lo": "_low", "_hi": "_high"}  # headline suffix: full-name suffix
+LOW, HIGH = "_lo", "_hi"  # a headline figure's interval ends
+INTERVAL = {"": "", LOW: "_low", HIGH: "_high"}  # headline suffix: full-name suffix
 
 
 def wilson_interval(successes: int, total: int, z: float = Z95) -> tuple[float, float]:
