@@ -7,7 +7,8 @@ PATH may be files, folders (searched recursively for images) and glob patterns. 
 input is decoded by the dedup stage's rules and resized as in training. The output has
 one row per input: path, predicted class, one probability column per class (prob_<class>)
 and error (empty, or why that file could not be classified). The exit status is non-zero
-only when no input could be classified.
+only when no input could be classified. --model may also be an ensemble folder
+(scripts/ensemble.py): the mean of its members' probabilities.
 """
 
 import argparse
@@ -21,7 +22,14 @@ from PIL import Image
 from medimg.data import prepare_image
 from medimg.gradcam import grad_cam, overlay
 from medimg.images import ImageError
-from medimg.inference import Classifier, as_tensor, expand_inputs, load_classifier, normalise
+from medimg.inference import (
+    Classifier,
+    Ensemble,
+    as_tensor,
+    expand_inputs,
+    load_classifier,
+    normalise,
+)
 from medimg.io import atomic_path, write_csv, write_json
 
 
@@ -30,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="files, folders or globs")
     parser.add_argument("--out", type=Path, help="CSV or JSON file (default: CSV on stdout)")
     parser.add_argument("--model", type=Path, default=Path("models"),
-                        help="folder with model.safetensors and model.json")
+                        help="folder with model.safetensors and model.json, or an "
+                             "ensemble folder (ensemble.json and one folder per member)")
     parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--gradcam", type=Path, help="save Grad-CAM overlays here (torch)")
@@ -46,6 +55,9 @@ def decode(path: str, config: dict) -> tuple[np.ndarray | None, str]:
 
 def classify(paths: list[str], args: argparse.Namespace) -> pd.DataFrame:
     classifier = load_classifier(args.model, args.backend)
+    if args.gradcam and isinstance(classifier, Ensemble):
+        raise SystemExit(f"--gradcam: {args.model} is an ensemble; Grad-CAM explains one "
+                         f"model, so pass one member's folder")
     config, classes = classifier.config, classifier.config["classes"]
     rows, ready = [], []
     for path, error in expand_inputs(paths):

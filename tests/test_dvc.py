@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from conftest import REPO, save
+from scripts.aggregate_experiments import experiment_records
 
 pytestmark = pytest.mark.e2e
 
@@ -224,6 +225,14 @@ def test_experiments_show_baseline_and_experiment_and_queue_completes(repo: Path
     # The three finished experiments, aggregated from DVC's own records.
     table = run([sys.executable, str(REPO / "scripts/aggregate_experiments.py")], repo)
     assert "| acc | 3 |" in table and "skipped" not in table
+    # Their models as one ensemble, read from DVC's cache by experiment revision.
+    records, _ = experiment_records(json.loads(run([*DVC, "exp", "show", "--json"], repo)))
+    members = [arg for record in records for arg in ("--rev", record["rev"])]
+    run([sys.executable, str(REPO / "scripts/ensemble.py"), "models/ensemble", *members,
+         "--out", "ensemble.json"], repo)
+    scores = json.loads((repo / "ensemble.json").read_text())
+    assert len(scores["members"]) == 3 and scores["test_images"] > 0
+    assert (repo / "models/ensemble/member2/model.safetensors").is_file()
 
 
 def free_port() -> int:

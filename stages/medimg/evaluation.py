@@ -87,6 +87,22 @@ def difference_interval(first: tuple[np.ndarray, np.ndarray],
     return metric(*second) - metric(*first), (float(low), float(high))
 
 
+def paired_difference_interval(labels: np.ndarray, first: np.ndarray, second: np.ndarray,
+                               metric: Callable[[np.ndarray, np.ndarray], float],
+                               resamples: int, seed: int) -> tuple[float, tuple[float, float]]:
+    """metric(second) - metric(first) for two models' predicted labels on the same images,
+    and its 95% percentile interval from resampling the images within each true class,
+    the same images for both models: pairing removes the variation they share."""
+    rng = np.random.default_rng(seed)
+    members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    values = []
+    for _ in range(resamples):
+        index = np.concatenate([rng.choice(m, size=len(m)) for m in members])
+        values.append(metric(labels[index], second[index]) - metric(labels[index], first[index]))
+    low, high = np.percentile(values, [2.5, 97.5])
+    return metric(labels, second) - metric(labels, first), (float(low), float(high))
+
+
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
     """Gap between confidence and accuracy, averaged over equal-width confidence bins."""
     confidence = probs.max(axis=1)

@@ -4,7 +4,9 @@ training, evaluate, export's parity check, predict and anything later.
 Images arrive decoded and resized, uint8 N x H x W x 3 (as the prepare stage stores them
 and `prepare_image` returns them). `normalise` is the only normalisation; `Classifier`
 runs them batch by batch through a backend, a PyTorch module on any device or an ONNX
-Runtime session, and `Classifier.logits` is the only batched-inference loop.
+Runtime session, and `Classifier.logits` is the only batched-inference loop. `Ensemble`
+averages the probabilities of several classifiers (and of flipped views, for test-time
+augmentation) behind the same `predict` and `config`.
 """
 
 import glob
@@ -22,6 +24,8 @@ from medimg.models import CONFIG_NAME, load_checkpoint, probabilities
 
 ONNX_NAME = "model.onnx"
 ONNX_SIDECAR = "model.onnx.json"
+ENSEMBLE_NAME = "ensemble.json"  # in a folder of member folders: {"members": [...], "tta": ...}
+SHARED = ("classes", "image_size", "resize")  # what every member of an ensemble must share
 CPU = torch.device("cpu")
 
 
@@ -89,10 +93,40 @@ class Classifier:
         return probabilities(self.logits(batches)).numpy()
 
 
+class Ensemble:
+    """Several classifiers as one: the mean of their class probabilities, with `tta` also
+    over each image's left-right and upside-down flips. The members share the classes and
+    the decoding (image size and resize policy), so one decoded image serves them all."""
+
+    def __init__(self, members: list[Classifier], tta: bool = False) -> None:
+        first = members[0].config
+        for key in SHARED:
+            values = [member.config[key] for member in members]
+            if any(value != first[key] for value in values):
+                raise ValueError(f"ensemble members differ in '{key}': {values}")
+        self.members, self.tta = members, tta
+        self.config = {**{key: first[key] for key in SHARED}, "members": len(members),
+                       "tta": tta}
+
+    def predict(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        """N x C class probabilities (float64), the mean over members and views."""
+        views = [images]
+        if self.tta:
+            views += [np.ascontiguousarray(images[:, :, ::-1]),
+                      np.ascontiguousarray(images[:, ::-1])]
+        return np.mean([member.predict(view, batch_size) for member in self.members
+                        for view in views], axis=0)
+
+
 def load_classifier(model_dir: Path, backend: str = "torch", device: torch.device = CPU,
-                    onnx_file: str = ONNX_NAME) -> Classifier:
+                    onnx_file: str = ONNX_NAME) -> Classifier | Ensemble:
     """The checkpoint in `model_dir` (model.safetensors + model.json) on `device`, or its
-    ONNX export (`onnx_file`, relative to `model_dir`) in ONNX Runtime."""
+    ONNX export (`onnx_file`, relative to `model_dir`) in ONNX Runtime; an Ensemble when
+    `model_dir` holds ensemble.json and a folder per member."""
+    if (model_dir / ENSEMBLE_NAME).is_file():
+        spec = read_json(model_dir / ENSEMBLE_NAME)
+        return Ensemble([load_classifier(model_dir / name, backend, device, onnx_file)
+                         for name in spec["members"]], spec["tta"])
     if backend == "torch":
         model, config = load_checkpoint(model_dir)
         return Classifier(TorchBackend(model, device), config)
