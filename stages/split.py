@@ -94,7 +94,7 @@ def main() -> None:
                         keep_default_na=False)
     thumbs = np.load(DEDUP / "thumbs.npy")
     split = params.split
-    table["split"] = assign_splits(table, split.val, split.test, params.seed, split.folds,
+    table["split"] = assign_splits(table, split.val, split.test, split.seed, split.folds,
                                    split.fold, split.respect_existing)
     check_class_counts(table, params.classes, split.min_per_split)
     overlap, offenders = leakage(table, thumbs, params.dedup.near_hamming,

@@ -358,3 +358,22 @@ def test_enabled_dedup_removes_the_training_copies_of_test_images(tmp_path,
     report = json.loads(Path("metrics/report/split.json").read_text())
     assert "leaks" not in report and report["test_copies_removed"]["copies"] == 2
     assert pd.read_csv("data/split/leaked_test.csv").empty
+
+
+def test_the_training_seed_leaves_the_split_alone(tmp_path, monkeypatch) -> None:
+    raw = use_dataset(tmp_path, monkeypatch, ["a", "b"], group_regex=r"^\w/(p\d+)_")
+    for i in range(40):
+        save(raw / f"{'ab'[i % 2]}/p{i}_x.png", noise_image(500 + i))
+    run_dedup()
+
+    def split_with(**seeds: int) -> list[str]:
+        params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+        params["seed"] = seeds.get("seed", params["seed"])
+        params["split"]["seed"] = seeds.get("split_seed", params["split"]["seed"])
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        split.main()
+        return pd.read_csv("data/split/split.csv")["split"].tolist()
+
+    first = split_with(seed=1, split_seed=7)
+    assert split_with(seed=2) == first  # other training seed: the same test images
+    assert split_with(split_seed=8) != first

@@ -77,7 +77,8 @@ def test_stage_stops_with_one_line(tmp_path, repo) -> None:
     result = subprocess.run([sys.executable, str(repo / "stages" / "split.py")], cwd=tmp_path,
                             capture_output=True, text=True, check=False)
     assert result.returncode != 0
-    assert result.stderr.strip() == "params.yaml: unknown key 'split.seeed'"
+    assert result.stderr.strip() == ("params.yaml: unknown key 'split.seeed' "
+                                     "(did you mean 'split.seed'?)")
 
 
 def test_every_stage_validates_params_before_any_work(repo: Path) -> None:

@@ -79,6 +79,7 @@ class DedupParams(Section):
 
 
 class SplitParams(Section):
+    seed: Int
     val: Fraction
     test: Fraction
     folds: NonNegativeInt
