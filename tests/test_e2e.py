@@ -30,6 +30,8 @@ DECLARED_FILES = [
     "data/prepared/val.npy",
     "data/prepared/test.npy",
     "models/pretrained/tf_efficientnet_lite0.safetensors",
+    "models/pretrained/tf_efficientnet_lite1.safetensors",
+    "models/pretrained/tf_efficientnet_lite2.safetensors",
     "models/model.safetensors",
     "models/model.json",
     "models/model.onnx",

