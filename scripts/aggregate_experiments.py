@@ -23,24 +23,15 @@ import numpy as np
 import yaml
 from scipy import stats
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
 
 from medimg.evaluation import HEADLINE, HIGH, LOW
 from medimg.io import write_json
+from scripts.reference_docs import flatten
 
 METRICS_FILE = "metrics/evaluate.json"
 PARAMS_FILE = "params.yaml"
-
-
-def flatten(node: dict, prefix: str = "") -> dict:
-    """{"train": {"lr": 1e-3}} -> {"train.lr": 1e-3}"""
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def experiment_records(shown: list[dict]) -> tuple[list[dict], list[dict]]:
