@@ -22,6 +22,7 @@ from medimg.catalog import (
     assign_groups,
     deduplicate,
     describe_all,
+    restore_origin,
     similarity_groups,
     similarity_report,
 )
@@ -112,6 +113,8 @@ def main() -> None:
     limits = Thresholds(dedup.near_hamming, dedup.near_correlation, dedup.edit_hamming,
                         dedup.edit_correlation, prefer_origin=params.split.respect_existing)
     kept, removed = deduplicate(images, thumbs, greys, views, limits, workers)
+    if dedup.enabled and dedup.keep_test_copies:  # the test folder as published
+        kept, removed = restore_origin(images, kept, removed, params.split.respect_existing)
     if not dedup.enabled:  # the leaky baseline: everything stays, copies are only counted
         left_in = removed["match"].value_counts()
         kept, removed = images.sort_values("path").reset_index(drop=True), removed.iloc[:0]
@@ -138,6 +141,8 @@ def main() -> None:
     if not dedup.enabled:
         counts["left_in"] = {match: int(left_in.get(match, 0))
                              for match in ("exact", "pixel", "near", "conflict")}
+    if "test_copy" in kept:
+        counts["test_copies_kept"] = int((kept["test_copy"] != "").sum())
     counts["similarity"] = similarity_report(kept)
     write_csv(OUT_DIR / "catalog.csv", kept)
     write_npy(OUT_DIR / "thumbs.npy", kept_thumbs)

@@ -99,12 +99,15 @@ def resume(trainer: Trainer) -> None:
         print(f"train: train.resume is set but {STATE_DIR} holds no state; starting afresh")
 
 
-def write_metrics(best: Best, params: Params, epochs_run: int) -> None:
+def write_metrics(best: Best, params: Params, history: list[dict]) -> None:
     monitor = params.train.monitor
     write_json(REPORT, {"best_epoch": best.epoch, "monitor": monitor,
                         "best_value": best.value, "best_val_loss": best.loss,
-                        "epochs_run": epochs_run,
-                        "stopped_early": epochs_run < params.train.epochs})
+                        "epochs_run": len(history),
+                        "stopped_early": len(history) < params.train.epochs,
+                        # the epochs' training passes (not validation), resumed ones too
+                        "training_seconds": round(sum(h["epoch_seconds"] for h in history),
+                                                  1)})
     # "best": the monitored value under one name, so the column's width does not depend
     # on train.monitor (the metrics must fit a screen).
     write_json(METRICS, {"best_epoch": best.epoch, "best": round(best.value, 4)})
@@ -162,7 +165,7 @@ def main() -> None:
         "timm": timm.__version__,
         "torch": torch.__version__,
     })
-    write_metrics(best, params, len(trainer.history))
+    write_metrics(best, params, trainer.history)
     trainer.clear_state()
     print(f"train: best epoch {best.epoch}, {train.monitor} {best.value:.4f}; wrote {MODEL_DIR}")
 

@@ -377,3 +377,43 @@ def test_the_training_seed_leaves_the_split_alone(tmp_path, monkeypatch) -> None
     first = split_with(seed=1, split_seed=7)
     assert split_with(seed=2) == first  # other training seed: the same test images
     assert split_with(split_seed=8) != first
+
+
+def test_keeping_test_copies_restores_only_the_test_folder(tmp_path, monkeypatch) -> None:
+    """The published test folder stays whole (its own copies and label conflicts too),
+    the training side loses the same copies as without the option, and the images marked
+    as no copy are exactly the de-duplicated test set."""
+    def catalog(keep: bool, where: Path) -> pd.DataFrame:
+        where.mkdir()
+        raw = leaky_dataset(where, monkeypatch, enabled=True)
+        params = yaml.safe_load((where / "params.yaml").read_text())
+        params["dedup"]["keep_test_copies"] = keep
+        (where / "params.yaml").write_text(yaml.safe_dump(params))
+        (raw / "Testing/a/t0_copy.png").write_bytes((raw / "Testing/a/t0.png").read_bytes())
+        (raw / "Testing/b/t2_conflict.png").write_bytes((raw / "Testing/a/t2.png").read_bytes())
+        run_dedup()
+        split.main()
+        return pd.read_csv("data/split/split.csv", dtype=str, keep_default_na=False)
+
+    plain, kept = catalog(False, tmp_path / "plain"), catalog(True, tmp_path / "keep")
+    counts = json.loads(Path("metrics/report/dedup.json").read_text())
+    assert counts["test_copies_kept"] == 3
+    test = kept[kept["split"] == "test"]
+    assert len(test) == 6
+    assert dict(zip(test["path"], test["test_copy"], strict=True)) == {
+        "Testing/a/t0.png": "", "Testing/a/t0_copy.png": "exact", "Testing/b/t1.png": "",
+        "Testing/a/t2.png": "conflict", "Testing/b/t2_conflict.png": "conflict",
+        "Testing/b/t3.png": ""}
+    unique = set(test.loc[test["test_copy"] == "", "path"])
+    assert unique == set(plain.loc[plain["split"] == "test", "path"])
+    assert set(kept.loc[kept["split"] != "test", "path"]) == set(
+        plain.loc[plain["split"] != "test", "path"])
+
+
+def test_keeping_test_copies_needs_a_test_folder(tmp_path, monkeypatch) -> None:
+    use_dataset(tmp_path, monkeypatch, ["a", "b"])
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["dedup"]["keep_test_copies"] = True
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit, match=r"keep_test_copies needs split\.respect_existing"):
+        dedup.main()

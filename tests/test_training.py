@@ -20,6 +20,7 @@ from medimg.training import (
     Best,
     Interrupted,
     Trainer,
+    compute_loss,
     fingerprint,
     loss_function,
     project_sources,
@@ -220,6 +221,24 @@ def test_class_weights_and_schedule() -> None:
     assert [round(factor(s), 3) for s in (0, 1, 2, 7, 10)] == [0.5, 1.0, 1.0, 0.309, 0.0]
 
 
+def test_label_smoothing_moves_the_best_probability_off_certainty() -> None:
+    """Smoothed by s, a true label's loss is least at probability 1 - s/2 with two classes
+    (one logit) and 1 - s + s/K with K classes, not at certainty."""
+    def best_probability(criterion: torch.nn.Module, classes: int) -> float:
+        logit = torch.zeros(1, 1 if classes == 2 else classes, requires_grad=True)
+        optimiser = torch.optim.SGD([logit], lr=1.0)
+        for _ in range(500):
+            optimiser.zero_grad()
+            compute_loss(criterion, logit, torch.tensor([1])).backward()
+            optimiser.step()
+        scores = logit.detach()
+        return float(torch.sigmoid(scores[0, 0]) if classes == 2 else scores.softmax(1)[0, 1])
+
+    assert best_probability(loss_function(2, label_smoothing=0.2), 2) == pytest.approx(0.9, 1e-3)
+    assert best_probability(loss_function(4, label_smoothing=0.2), 4) == pytest.approx(0.85, 1e-3)
+    assert best_probability(loss_function(2), 2) > 0.99
+
+
 def write_tiny_project(folder: Path) -> None:
     with (REPO / "params.yaml").open() as handle:
         params = yaml.safe_load(handle)
@@ -286,6 +305,8 @@ def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path) -> None:
     assert history["step"].tolist() == list(range(30))  # earlier epochs replayed
     report = json.loads((tmp_path / "metrics/report/train.json").read_text())
     assert report["epochs_run"] == 30 and not report["stopped_early"]
+    seconds = pd.read_csv(tmp_path / "metrics/train/plots/metrics/epoch_seconds.tsv", sep="\t")
+    assert report["training_seconds"] == pytest.approx(seconds["epoch_seconds"].sum(), abs=0.1)
     assert json.loads((tmp_path / "metrics/train.json").read_text()) == {
         "best_epoch": report["best_epoch"], "best": round(report["best_value"], 4)}
     assert not state.exists()  # a completed run leaves nothing to resume

@@ -354,6 +354,21 @@ def deduplicate(table: pd.DataFrame, thumbs: np.ndarray, greys: list[np.ndarray]
             removed[columns].sort_values("path").reset_index(drop=True))
 
 
+def restore_origin(images: pd.DataFrame, kept: pd.DataFrame, removed: pd.DataFrame,
+                   origin: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`deduplicate`'s (kept, removed) with every removed image of `origin` put back: the
+    copies inside a test folder and its label conflicts. `test_copy` names what each
+    restored image is (exact, pixel, near, conflict), empty for the others. Copies from
+    other origins stay removed; `deduplicate` already prefers `origin` as representative,
+    so no image of `origin` lost its place to one from elsewhere."""
+    back = removed[removed["origin"] == origin]
+    restored = images[images["path"].isin(back["path"])].merge(
+        back[["path", "match"]].rename(columns={"match": "test_copy"}), on="path")
+    kept = pd.concat([kept.assign(test_copy=""), restored], ignore_index=True)
+    return (kept.sort_values("path").reset_index(drop=True),
+            removed[removed["origin"] != origin].reset_index(drop=True))
+
+
 def similarity_clusters(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
                         min_correlation: float, min_linkage: float) -> np.ndarray:
     """Cluster number per image (the smallest member's row) by average linkage.

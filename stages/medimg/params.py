@@ -76,6 +76,7 @@ class DedupParams(Section):
     similar_correlation: Fraction
     similar_linkage: Fraction
     review_limit: NonNegativeInt
+    keep_test_copies: Bool
 
 
 class SplitParams(Section):
@@ -137,6 +138,7 @@ class TrainParams(Section):
     monitor: Literal[tuple(MONITORED)]
     monitor_mode: Literal["max", "min"]
     class_weights: Bool
+    label_smoothing: Annotated[Number, Field(ge=0.0, lt=1.0)]
     num_workers: NonNegativeInt
     deterministic: Bool
     device: Literal["auto", "cpu", "cuda", "mps"]
@@ -183,6 +185,9 @@ class Params(Section):
         both = sorted(set(self.classes) & set(self.data.ignore_classes))
         if both:
             raise ValueError(f"data.ignore_classes names listed classes {both}")
+        if self.dedup.keep_test_copies and self.split.respect_existing is None:
+            raise ValueError("dedup.keep_test_copies needs split.respect_existing, the test "
+                             "folder whose copies it keeps")
         return self
 
 

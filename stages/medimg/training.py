@@ -125,21 +125,38 @@ def train_mode(model: nn.Module, frozen: bool) -> None:
         model.train()
 
 
-def loss_function(num_classes: int, labels: np.ndarray | None = None) -> nn.Module:
+class BinaryLoss(nn.BCEWithLogitsLoss):
+    """BCE on the one logit of a two-class model; label smoothing pulls the targets
+    towards 1/2 as CrossEntropyLoss's pulls them towards 1/K."""
+
+    def __init__(self, pos_weight: torch.Tensor | None = None,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__(pos_weight=pos_weight)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        target = labels.float() * (1.0 - self.label_smoothing) + self.label_smoothing / 2
+        return super().forward(logits[:, 0].float(), target)
+
+
+def loss_function(num_classes: int, labels: np.ndarray | None = None,
+                  label_smoothing: float = 0.0) -> nn.Module:
     """BCE on one logit for two classes, cross-entropy for more; with `labels`, weighted
     by inverse class frequency."""
     if labels is None:
-        return nn.BCEWithLogitsLoss() if num_classes == 2 else nn.CrossEntropyLoss()
+        return (BinaryLoss(label_smoothing=label_smoothing) if num_classes == 2
+                else nn.CrossEntropyLoss(label_smoothing=label_smoothing))
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     if num_classes == 2:
-        return nn.BCEWithLogitsLoss(pos_weight=torch.tensor(counts[0] / max(counts[1], 1.0)))
+        return BinaryLoss(torch.tensor(counts[0] / max(counts[1], 1.0)), label_smoothing)
     weights = counts.sum() / (num_classes * np.maximum(counts, 1.0))
-    return nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
+    return nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32),
+                               label_smoothing=label_smoothing)
 
 
 def compute_loss(criterion: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if isinstance(criterion, nn.BCEWithLogitsLoss):
-        return criterion(logits[:, 0].float(), labels.float())
+    if isinstance(criterion, BinaryLoss):
+        return criterion(logits, labels)
     return criterion(logits.float(), labels)
 
 
@@ -268,7 +285,8 @@ class Trainer:
         if self.device.type == "cuda" and p.channels_last:
             self.model.to(memory_format=torch.channels_last)
         labels = np.asarray(self.train_set.labels)
-        self.criterion = loss_function(self.num_classes, labels if p.class_weights else None)
+        self.criterion = loss_function(self.num_classes, labels if p.class_weights else None,
+                                       p.label_smoothing)
         self.criterion.to(self.device)
         self.generator = torch.Generator()
         cuda = self.device.type == "cuda"

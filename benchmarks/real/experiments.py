@@ -1,0 +1,266 @@
+"""Seeds, folds, a recipe search and other architectures on real data, as DVC experiments.
+
+    python benchmarks/real/experiments.py setup PLAN [--data DIR]
+    python benchmarks/real/experiments.py queue PLAN search   # then: dvc queue start
+    python benchmarks/real/experiments.py queue PLAN final    # after the search finished
+    python benchmarks/real/experiments.py collect PLAN         # after the final runs
+
+PLAN is a plan file next to this script without its suffix (b_tumours_experiments).
+`setup` clones this repository's last commit into benchmarks/real/work/PLAN/, sets its
+params.yaml to the plan's run (benchmarks/real/RUN.yaml) and the plan's `params`, points
+data.raw_dir at the dataset, runs the pipeline up to `prepare` and commits: the baseline of
+the experiments. `queue search` queues one `dvc exp run --queue` per recipe candidate;
+`queue final` picks the candidate with the best validation score and queues the seeds,
+folds and architectures with its settings. Both start DVC's queue (`dvc queue start`, one
+run at a time: two cores). `collect` aggregates the finished experiments, builds the fold
+and the cross-architecture ensembles with scripts/ensemble.py, scores everything on the
+whole test folder and on its de-duplicated part, and writes
+benchmarks/results/real_PLAN.json with the wall time of every run.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "stages"))
+sys.path.insert(0, str(HERE))
+
+from run import VIEWS, UsageError, data_root, hardware, merged, read_yaml, run_spec  # noqa: E402
+
+from medimg.evaluation import full_metrics, headline  # noqa: E402
+from medimg.io import read_json, write_json  # noqa: E402
+from medimg.params import load_params  # noqa: E402
+from scripts import aggregate_experiments as aggregate  # noqa: E402
+from scripts import ensemble  # noqa: E402
+
+SELECT = "best_value"  # metrics/report/train.json: train.monitor at the best epoch
+QUEUED = "queued.json"  # in the workspace: when each experiment was queued and started
+GROUPS = ("search", "seeds", "folds", "architectures")
+
+
+def plan_spec(name: str) -> dict:
+    path = HERE / f"{name}.yaml"
+    if not path.is_file():
+        raise UsageError(f"no plan '{name}' ({path})")
+    return read_yaml(path)
+
+
+def dvc(work: Path, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=work, capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"dvc {' '.join(args)} failed in {work}: {done.stderr.strip()[-2000:]}")
+    return done.stdout
+
+
+def git(work: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=work, capture_output=True, text=True,
+                          check=True).stdout
+
+
+def setup(plan: str, spec: dict, data: str | None, work: Path) -> None:
+    run = run_spec(spec["run"])
+    view = work.parent / f"{plan}_data"
+    if work.exists():
+        raise UsageError(f"{work} exists; remove it to start the experiments afresh")
+    build, _ = VIEWS[run["view"]]
+    work.parent.mkdir(parents=True, exist_ok=True)
+    if view.is_symlink():
+        view.unlink()
+    build(data_root(data), view)
+    subprocess.run(["git", "clone", "-q", str(REPO), str(work)], check=True)
+    params = merged(merged(read_yaml(REPO / "params.yaml"), run["params"]), spec["params"])
+    params["data"]["raw_dir"] = str(view.resolve())
+    with (work / "params.yaml").open("w", encoding="utf-8") as handle:
+        yaml.safe_dump(params, handle, sort_keys=False)
+    load_params(work / "params.yaml")
+    dvc(work, "repro", "prepare")
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", f"{plan}: baseline of the experiments")
+    print(f"{plan}: baseline committed in {work}")
+
+
+def exp_records(work: Path) -> tuple[list[dict], list[dict]]:
+    shown = json.loads(dvc(work, "exp", "show", "--json"))
+    return aggregate.experiment_records(shown)
+
+
+def chosen(records: list[dict], candidates: dict) -> tuple[str, dict]:
+    """The search candidate with the highest validation score (ties: the earlier one in
+    the plan). Test metrics play no part."""
+    scores = {r["name"]: r["train"][SELECT] for r in records if r["name"] in candidates}
+    missing = [name for name in candidates if name not in scores]
+    if missing:
+        raise SystemExit(f"the search has not finished: no result for {missing}")
+    best = max(candidates, key=lambda name: (scores[name], -list(candidates).index(name)))
+    return best, candidates[best]
+
+
+def queue_runs(work: Path, runs: dict[str, dict]) -> None:
+    """`dvc exp run --queue` for each run (name: -S settings), then start DVC's queue."""
+    log = read_json(work / QUEUED) if (work / QUEUED).exists() else {}
+    for name, settings in runs.items():
+        flags = [item for key, value in settings.items()
+                 for item in ("-S", f"{key}={json.dumps(value)}")]
+        dvc(work, "exp", "run", "--queue", "--name", name, *flags, "evaluate")
+        log[name] = {"settings": settings}
+    started = time.time()
+    dvc(work, "queue", "start", "-j", "1")
+    for name in runs:
+        log[name]["queue_started"] = started
+    write_json(work / QUEUED, log)
+    print(f"queued {', '.join(runs)}; `dvc queue status` in {work} shows progress")
+
+
+def final_runs(spec: dict, recipe: dict) -> dict[str, dict]:
+    runs = {f"fold{fold}": {**recipe, "split.fold": fold} for fold in spec["folds"]}
+    runs |= {f"seed{seed}": {**recipe, "seed": seed} for seed in spec["seeds"]}
+    runs |= {arch.removeprefix("tf_efficientnet_"): {**recipe, "model.name": arch}
+             for arch in spec["architectures"]}
+    return runs
+
+
+def train_report(work: Path, rev: str) -> dict:
+    import dvc.api
+
+    with dvc.api.open("metrics/report/train.json", repo=str(work), rev=rev) as handle:
+        return json.load(handle)
+
+
+def test_scores(work: Path, rev: str, test: pd.DataFrame, classes: list[str],
+                resamples: int, seed: int) -> dict:
+    """A run's headline test metrics on the whole test folder and without its copies."""
+    import dvc.api
+
+    with dvc.api.open("metrics/predictions.csv", repo=str(work), rev=rev) as handle:
+        predictions = pd.read_csv(handle, keep_default_na=False)
+    rows = predictions[predictions["split"] == "test"].set_index("path").loc[test["path"]]
+    probs = rows[[f"prob_{name}" for name in classes]].to_numpy()
+    labels = test["label"].to_numpy()
+    unique = (test["test_copy"] == "").to_numpy()
+    return {subset: headline(full_metrics(labels[mask], probs[mask], classes, resamples, seed))
+            for subset, mask in (("all", np.ones(len(test), bool)), ("unique", unique))}
+
+
+def wall_seconds(records: list[dict], log: dict) -> None:
+    """Each run's wall time: from the queue's start or the previous run's end, whichever
+    is later, to its own end (the queue runs one at a time)."""
+    previous = 0.0
+    for record in sorted(records, key=lambda r: r["finished"]):
+        start = max(log.get(record["name"], {}).get("queue_started", 0.0), previous)
+        record["wall_seconds"] = round(record["finished"] - start, 1) if start else None
+        previous = record["finished"]
+
+
+def summary(records: list[dict], subset: str) -> dict:
+    return aggregate.aggregate([{"metrics": r["test"][subset]} for r in records])
+
+
+def ensemble_scores(work: Path, names: list[str], records: dict[str, dict], out: str) -> dict:
+    revs = [flag for name in names for flag in ("--rev", records[name]["rev"])]
+    target = work / "ensembles" / out
+    ensemble.main([str(target.with_suffix("")), *revs, "--tta", "--out", str(target)])
+    return read_json(target)
+
+
+def collect(plan: str, spec: dict, work: Path) -> Path:
+    import os
+
+    os.chdir(work)  # scripts/ensemble.py scores the workspace's prepared test split
+    params = load_params(work / "params.yaml")
+    records, skipped = exp_records(work)
+    shown = {r["name"]: r for r in records}
+    test = pd.read_csv(work / "data/prepared/test.csv", dtype={"test_copy": str},
+                       keep_default_na=False)
+    for record in records:
+        record["train"] = train_report(work, record["rev"])
+        record["test"] = test_scores(work, record["rev"], test, params.classes,
+                                     params.evaluate.bootstrap_resamples, params.seed)
+        record["finished"] = timestamp(work, record["rev"])
+    log = read_json(work / QUEUED)
+    wall_seconds(records, log)
+    choice, recipe = chosen(records, spec["search"])
+    final = final_runs(spec, recipe)
+    seeds = [choice, *(f"seed{s}" for s in spec["seeds"])]
+    folds = [choice, *(f"fold{f}" for f in spec["folds"])]
+    archs = [choice, *(a.removeprefix("tf_efficientnet_") for a in spec["architectures"])]
+    missing = [name for name in {*final, *spec["search"]} if name not in shown]
+    if missing:
+        raise SystemExit(f"not finished yet: {sorted(missing)}; skipped: {skipped}")
+    run_rows = [{"name": r["name"], "rev": r["rev"][:7], "settings": log[r["name"]]["settings"],
+                 "validation": {r["train"]["monitor"]: r["train"][SELECT]},
+                 "epochs_run": r["train"]["epochs_run"],
+                 "training_seconds": r["train"].get("training_seconds"),
+                 "wall_seconds": r["wall_seconds"], "test": r["test"]}
+                for r in records if r["name"] in log]
+    result = {
+        "plan": plan, "run": spec["run"],
+        "command": f"python benchmarks/real/experiments.py collect {plan}",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"), "hardware": hardware(),
+        "baseline_params": {key: getattr(params, key).model_dump()
+                            for key in ("dedup", "split", "prepare", "model", "train")},
+        "test_images": {"all": len(test), "unique": int((test["test_copy"] == "").sum())},
+        "chosen_recipe": {"name": choice, "settings": recipe},
+        "runs": run_rows,
+        "seeds": {subset: summary([shown[n] for n in seeds], subset)
+                  for subset in ("all", "unique")},
+        "folds": {subset: summary([shown[n] for n in folds], subset)
+                  for subset in ("all", "unique")},
+        "fold_ensemble": ensemble_scores(work, folds, shown, "folds.json"),
+        "architecture_ensemble": ensemble_scores(work, archs, shown, "architectures.json"),
+        "skipped": skipped,
+        "wall_seconds_total": round(sum(r["wall_seconds"] or 0 for r in run_rows), 1),
+    }
+    out = REPO / "benchmarks/results" / f"real_{plan}.json"
+    write_json(out, result)
+    print(f"{plan}: wrote {out}")
+    return out
+
+
+def timestamp(work: Path, rev: str) -> float:
+    return float(git(work, "log", "-1", "--format=%ct", rev).strip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["setup", "queue", "collect"])
+    parser.add_argument("plan", help="a plan file in benchmarks/real, without .yaml")
+    parser.add_argument("phase", nargs="?", choices=["search", "final"], help="for queue")
+    parser.add_argument("--data", help="folder with brain-tumor-mri/ and breast-idc/")
+    parser.add_argument("--work", type=Path, default=HERE / "work", help="workspaces")
+    args = parser.parse_args(argv)
+    try:
+        spec = plan_spec(args.plan)
+        work = (args.work / args.plan).resolve()
+        if args.action == "setup":
+            setup(args.plan, spec, args.data, work)
+        elif args.action == "queue" and args.phase == "search":
+            queue_runs(work, spec["search"])
+        elif args.action == "queue" and args.phase == "final":
+            records, _ = exp_records(work)
+            for record in records:
+                record["train"] = train_report(work, record["rev"])
+            choice, recipe = chosen(records, spec["search"])
+            print(f"chosen recipe: {choice} {recipe}")
+            queue_runs(work, final_runs(spec, recipe))
+        elif args.action == "queue":
+            raise UsageError("queue needs a phase: search or final")
+        else:
+            collect(args.plan, spec, work)
+    except UsageError as err:
+        parser.exit(2, f"experiments.py: {err}\n")
+
+
+if __name__ == "__main__":
+    main()
