@@ -11,6 +11,8 @@ ensemble (with `--tta` also over each image's flips) are then scored on the work
 prepared test split: the same images for all, so the ensemble's gain over the best member
 is a paired difference with its own interval. The test split must be one none of the
 members trained on: a fixed test folder (`split.respect_existing`) or the same split seed.
+With dedup.keep_test_copies the test folder's own copies are marked, and everything is
+scored a second time without them (`without_test_copies`).
 """
 
 import argparse
@@ -71,6 +73,24 @@ def paired(labels: np.ndarray, best: np.ndarray, other: np.ndarray, resamples: i
     return result
 
 
+def comparison(labels: np.ndarray, member_probs: list[np.ndarray], sources: list[str],
+               combined: dict[str, np.ndarray], classes: list[str], resamples: int,
+               seed: int) -> dict:
+    """Every member's and every combined model's headline metrics on the same images, each
+    combined one with its paired difference to the best member."""
+    def scores(probs: np.ndarray) -> dict:
+        return headline(full_metrics(labels, probs, classes, resamples, seed))
+
+    members = [scores(probs) for probs in member_probs]
+    best = max(range(len(members)), key=lambda i: members[i]["acc"])
+    return {"test_images": len(labels), "best_member": sources[best],
+            "members": [{"source": source, **row}
+                        for source, row in zip(sources, members, strict=True)],
+            **{name: {**scores(probs), "minus_best_member": paired(
+                labels, member_probs[best], probs, resamples, seed)}
+               for name, probs in combined.items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="the ensemble folder to write")
@@ -87,30 +107,26 @@ def main(argv: list[str] | None = None) -> int:
     sources = build(args.out_dir, args.rev, args.model, args.tta)
     ensemble = load_classifier(args.out_dir)
     pixels = np.load(TEST / "test.npy")
-    labels = pd.read_csv(TEST / "test.csv")["label"].to_numpy()
-    classes = ensemble.config["classes"]
-
-    def scored(model: Ensemble) -> tuple[np.ndarray, dict]:
-        probs = model.predict(pixels, params.evaluate.batch_size)
-        return probs, headline(full_metrics(labels, probs, classes, resamples, seed))
-
-    members = [scored(Ensemble([member])) for member in ensemble.members]
-    best = max(range(len(members)), key=lambda i: members[i][1]["acc"])
-    plain, plain_scores = scored(Ensemble(ensemble.members))
-    result = {"test_images": len(labels), "best_member": sources[best],
-              "members": [{"source": source, **scores}
-                          for source, (_, scores) in zip(sources, members, strict=True)],
-              "ensemble": {**plain_scores, "minus_best_member": paired(
-                  labels, members[best][0], plain, resamples, seed)}}
+    table = pd.read_csv(TEST / "test.csv", dtype=str, keep_default_na=False)
+    labels = table["label"].astype(int).to_numpy()
+    batch = params.evaluate.batch_size
+    member_probs = [Ensemble([member]).predict(pixels, batch) for member in ensemble.members]
+    combined = {"ensemble": Ensemble(ensemble.members).predict(pixels, batch)}
     if args.tta:
-        flipped, flipped_scores = scored(ensemble)
-        result["ensemble_tta"] = {**flipped_scores, "minus_best_member": paired(
-            labels, members[best][0], flipped, resamples, seed)}
+        combined["ensemble_tta"] = ensemble.predict(pixels, batch)
+
+    def compare(rows: np.ndarray) -> dict:
+        return comparison(labels[rows], [probs[rows] for probs in member_probs], sources,
+                          {name: probs[rows] for name, probs in combined.items()},
+                          ensemble.config["classes"], resamples, seed)
+
+    result = compare(np.ones(len(labels), dtype=bool))
+    if "test_copy" in table:  # dedup.keep_test_copies: also the de-duplicated test set
+        result["without_test_copies"] = compare((table["test_copy"] == "").to_numpy())
     if args.out:
         write_json(args.out, result)
-    for name, row in [*((s, m) for s, (_, m) in zip(sources, members, strict=True)),
-                      ("ensemble", result["ensemble"]),
-                      *([("ensemble + flips", result["ensemble_tta"])] if args.tta else [])]:
+    for name, row in [*((m["source"], m) for m in result["members"]),
+                      *((name, result[name]) for name in combined)]:
         print(f"{name}: accuracy {row['acc']:.4f} [{row['acc_lo']:.4f}, {row['acc_hi']:.4f}]")
     gain = result["ensemble"]["minus_best_member"]["acc"]
     print(f"ensemble minus best member: {gain['value']:+.4f} [{gain['low']:+.4f}, "

@@ -41,6 +41,9 @@ TRAIN_BEGIN, TRAIN_END = markers("train-benchmark")
 DVC_BEGIN, DVC_END = markers("dvc-benchmark")
 INFERENCE_BEGIN, INFERENCE_END = markers("inference-benchmark")
 EXP_SHOW_BEGIN, EXP_SHOW_END = markers("exp-show")
+EXPERIMENTS_BEGIN, EXPERIMENTS_END = markers("task-b-experiments")
+EXPERIMENTS_DETAIL_BEGIN, EXPERIMENTS_DETAIL_END = markers("task-b-experiments-detail")
+EXPERIMENTS_FILE = "b_tumours_experiments.json"
 # The original notebook's reported figures (see ../shared/research/data-and-weights.md).
 ORIGINAL = {"images": "3,264 MRI + 10,000 histopathology", "test_n": 1955, "test_errors": 0}
 # Task: (baseline run, leaky run, what differs).
@@ -497,9 +500,18 @@ NO_REAL_RUNS = "No results files yet: run `benchmarks/real/run.py`."
 
 
 def real_table_markdown(root: Path) -> str:
-    """The summary table of the real-data runs alone, for the README."""
+    """The real-data runs in short, for the README (the full table is in docs/)."""
     runs = real_runs(root)
-    return "\n".join(real_table(runs)) if runs else NO_REAL_RUNS
+    if not runs:
+        return NO_REAL_RUNS
+    lines = ["| run | train / val / test | test accuracy (95% CI) | shortcut test accuracy |",
+             "|---|---|---|---|"]
+    for name, run in runs.items():
+        split, test = run["split"], run["evaluate"]["test"]
+        shortcut = run["evaluate"]["shortcut"]["image_statistics"]["accuracy"]
+        lines.append(f"| {name} | {split['train']['n']} / {split['val']['n']} / "
+                     f"{split['test']['n']} | {interval(test, 'accuracy')} | {fmt(shortcut)} |")
+    return "\n".join(lines)
 
 
 def real_markdown(root: Path) -> str:
@@ -518,11 +530,105 @@ def real_markdown(root: Path) -> str:
     return "\n".join(lines)
 
 
+NO_EXPERIMENTS = ("No results file yet: run `benchmarks/real/experiments.py` "
+                  "(docs/real-data.md).")
+
+
+def spread(summary: dict) -> str:
+    """A metric over runs: mean, sd and the interval for training plus test error."""
+    sd = "n/a" if summary["sd"] is None else f"{summary['sd']:.3f}"
+    span = ("n/a" if summary["low"] is None
+            else f"{summary['low']:.3f} to {summary['high']:.3f}")
+    return f"{summary['mean']:.3f} (sd {sd}; {span})"
+
+
+def combined(row: dict) -> str:
+    """An ensemble's accuracy with its interval, and its paired gain over the best member."""
+    gain = row["minus_best_member"]["acc"]
+    return (f"{row['acc']:.3f} ({row['acc_lo']:.3f} to {row['acc_hi']:.3f}); "
+            f"{gain['value']:+.3f} ({gain['low']:+.3f} to {gain['high']:+.3f})")
+
+
+def experiment_rows(bench: dict) -> list[tuple[str, str, str]]:
+    """(what, on all test images, on the de-duplicated ones) for each result."""
+    seeds, folds = bench["seeds"], bench["folds"]
+    rows = [(f"chosen recipe `{bench['chosen_recipe']['name']}`, {seeds['all']['acc']['n']} "
+             "seeds: mean (sd; 95% interval)", spread(seeds["all"]["acc"]),
+             spread(seeds["unique"]["acc"])),
+            (f"{folds['all']['acc']['n']}-fold cross-validation", spread(folds["all"]["acc"]),
+             spread(folds["unique"]["acc"]))]
+    for key, label in (("fold_ensemble", "fold ensemble"),
+                       ("architecture_ensemble", "architecture ensemble")):
+        result = bench[key]
+        members = len(result["members"])
+        for variant, extra in (("ensemble", ""), ("ensemble_tta", " + flips")):
+            rows.append((f"{label} ({members} models){extra}: accuracy (95% CI); minus best "
+                         "member (paired 95% CI)", combined(result[variant]),
+                         combined(result["without_test_copies"][variant])))
+    return rows
+
+
+def goal_line(bench: dict) -> str:
+    goal = bench["goal"]
+    ensembles = {f"{key.replace('_', ' ')}{' + flips' if variant.endswith('tta') else ''}":
+                 bench[key][variant] for key in ("fold_ensemble", "architecture_ensemble")
+                 for variant in ("ensemble", "ensemble_tta")}
+    name, best = max(ensembles.items(), key=lambda item: item[1]["acc"])
+    met = best["acc"] >= goal["accuracy"] and best["acc_lo"] > goal["beat"]
+    return (f"Goal: an ensemble at {goal['accuracy']} or more on the {bench['test_images']['all']}"
+            f" images, its lower bound above {goal['beat']} ({goal['source']}). "
+            f"{'Reached' if met else 'Not reached'}: the best, the {name}, scored "
+            f"{best['acc']:.3f} ({best['acc_lo']:.3f} to {best['acc_hi']:.3f}).")
+
+
+def experiments_markdown(root: Path) -> str:
+    """Task B's repeated runs and ensembles, accuracy only, for the README."""
+    path = root / "benchmarks/results" / EXPERIMENTS_FILE
+    if not path.exists():
+        return NO_EXPERIMENTS
+    bench = load(root, EXPERIMENTS_FILE, "benchmarks/results")
+    images = bench["test_images"]
+    lines = [f"| task B accuracy | all {images['all']} Testing images | "
+             f"{images['unique']} without their copies |", "|---|---|---|"]
+    lines += [f"| {what} | {everything} | {unique} |"
+              for what, everything, unique in experiment_rows(bench)]
+    return "\n".join([*lines, "", goal_line(bench)])
+
+
+def experiments_detail_markdown(root: Path) -> str:
+    """Every run of task B's experiments: settings, validation score, test scores and
+    wall time, then the aggregated table."""
+    path = root / "benchmarks/results" / EXPERIMENTS_FILE
+    if not path.exists():
+        return NO_EXPERIMENTS
+    bench = load(root, EXPERIMENTS_FILE, "benchmarks/results")
+    images = bench["test_images"]
+    lines = [f"| experiment | `-S` settings | validation | epochs | test accuracy, "
+             f"{images['all']} images | test macro F1 | test accuracy, {images['unique']} "
+             "images | minutes (training) |", "|---|---|---|---|---|---|---|---|"]
+    for run in bench["runs"]:
+        settings = ", ".join(f"{k}={v}" for k, v in run["settings"].items()) or "(baseline)"
+        (monitor, value), = run["validation"].items()
+        test, unique = run["test"]["all"], run["test"]["unique"]
+        minutes = "n/a" if run["wall_seconds"] is None else f"{run['wall_seconds'] / 60:.1f}"
+        lines.append(
+            f"| {run['name']} | {settings} | {monitor} {value:.4f} | {run['epochs_run']} | "
+            f"{test['acc']:.4f} ({test['acc_lo']:.4f} to {test['acc_hi']:.4f}) | "
+            f"{test['f1']:.4f} | {unique['acc']:.4f} | {minutes} "
+            f"({run['training_seconds'] / 60:.1f}) |")
+    lines += ["", f"All runs: {bench['wall_seconds_total'] / 60:.0f} minutes on "
+              f"{bench['hardware']['cpu_count']} CPU cores.", "", experiments_markdown(root)]
+    return "\n".join(lines)
+
+
 FILES: dict[str, list[Section]] = {
     "README.md": [(BEGIN, END, results_markdown),
                   (EXP_SHOW_BEGIN, EXP_SHOW_END, exp_show_markdown),
-                  (REAL_TABLE_BEGIN, REAL_TABLE_END, real_table_markdown)],
-    "docs/real-data.md": [(REAL_BEGIN, REAL_END, real_markdown)],
+                  (REAL_TABLE_BEGIN, REAL_TABLE_END, real_table_markdown),
+                  (EXPERIMENTS_BEGIN, EXPERIMENTS_END, experiments_markdown)],
+    "docs/real-data.md": [(REAL_BEGIN, REAL_END, real_markdown),
+                          (EXPERIMENTS_DETAIL_BEGIN, EXPERIMENTS_DETAIL_END,
+                           experiments_detail_markdown)],
     "benchmarks/README.md": [(DEDUP_BEGIN, DEDUP_END, dedup_markdown),
                              (LOADER_BEGIN, LOADER_END, loader_markdown),
                              (TRAIN_BEGIN, TRAIN_END, train_markdown),

@@ -68,8 +68,9 @@ def test_paired_difference_counts_only_the_images_where_the_models_differ() -> N
     assert same == low == high == 0.0
 
 
-def project(tmp_path: Path) -> Path:
-    """A folder with params.yaml and a prepared test split of 24 images."""
+def project(tmp_path: Path, copies: int = 0) -> Path:
+    """A folder with params.yaml and a prepared test split of 24 images, the first
+    `copies` of them marked as the test folder's own copies (dedup.keep_test_copies)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["classes"] = CLASSES
     params["evaluate"]["bootstrap_resamples"] = 50
@@ -77,9 +78,29 @@ def project(tmp_path: Path) -> Path:
     prepared = tmp_path / "data/prepared"
     prepared.mkdir(parents=True)
     np.save(prepared / "test.npy", images(24, 5))
-    pd.DataFrame({"path": [f"t{i}.png" for i in range(24)],
-                  "label": np.arange(24) % 2}).to_csv(prepared / "test.csv", index=False)
+    table = pd.DataFrame({"path": [f"t{i}.png" for i in range(24)], "label": np.arange(24) % 2})
+    if copies:
+        table["test_copy"] = ["exact"] * copies + [""] * (24 - copies)
+    table.to_csv(prepared / "test.csv", index=False)
     return tmp_path
+
+
+def test_marked_test_copies_are_scored_apart_as_well(tmp_path, monkeypatch) -> None:
+    root = project(tmp_path, copies=6)
+    folders = [member(tmp_path / f"trained{i}", i) for i in range(2)]
+    monkeypatch.chdir(root)
+    out = root / "scores.json"
+    argv = ["models/ensemble", *(a for f in folders for a in ("--model", str(f))), "--out",
+            str(out)]
+    assert ensemble_script.main(argv) == 0
+    scores = json.loads(out.read_text())
+    unique = scores["without_test_copies"]
+    assert scores["test_images"] == 24 and unique["test_images"] == 18
+    probs = load_classifier(root / "models/ensemble").predict(images(24, 5), 8)
+    labels = np.arange(24) % 2
+    assert unique["ensemble"]["acc"] == pytest.approx(
+        float((probs[6:].argmax(1) == labels[6:]).mean()), abs=1e-4)
+    assert "ensemble_tta" not in unique
 
 
 def test_script_builds_a_folder_predict_uses_and_scores_members_and_ensemble(

@@ -9,9 +9,12 @@ from medimg.metrics import macro_f1
 from scripts.results_table import (
     BEGIN,
     END,
+    EXPERIMENTS_BEGIN,
+    EXPERIMENTS_END,
     REAL_TABLE_BEGIN,
     REAL_TABLE_END,
     decoded,
+    experiments_markdown,
     real_table_markdown,
     results_markdown,
     with_section,
@@ -47,6 +50,7 @@ def test_readme_results_match_the_committed_metrics(repo: Path) -> None:
     readme = (repo / "README.md").read_text()
     assert f"{BEGIN}\n{results_markdown(repo)}\n{END}" in readme
     assert f"{REAL_TABLE_BEGIN}\n{real_table_markdown(repo)}\n{REAL_TABLE_END}" in readme
+    assert f"{EXPERIMENTS_BEGIN}\n{experiments_markdown(repo)}\n{EXPERIMENTS_END}" in readme
 
 
 def test_results_section_is_replaced_in_place() -> None:

@@ -5,7 +5,7 @@
     python benchmarks/real/experiments.py queue PLAN final    # after the search finished
     python benchmarks/real/experiments.py collect PLAN         # after the final runs
 
-PLAN is a plan file next to this script without its suffix (b_tumours_experiments).
+PLAN is a plan file in benchmarks/real/plans/ without its suffix (b_tumours_experiments).
 `setup` clones this repository's last commit into benchmarks/real/work/PLAN/, sets its
 params.yaml to the plan's run (benchmarks/real/RUN.yaml) and the plan's `params`, points
 data.raw_dir at the dataset, runs the pipeline up to `prepare` and commits: the baseline of
@@ -15,11 +15,12 @@ folds and architectures with its settings. Both start DVC's queue (`dvc queue st
 run at a time: two cores). `collect` aggregates the finished experiments, builds the fold
 and the cross-architecture ensembles with scripts/ensemble.py, scores everything on the
 whole test folder and on its de-duplicated part, and writes
-benchmarks/results/real_PLAN.json with the wall time of every run.
+benchmarks/results/PLAN.json with the wall time of every run.
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -34,10 +35,16 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "stages"))
-sys.path.insert(0, str(HERE))
 
-from run import VIEWS, UsageError, data_root, hardware, merged, read_yaml, run_spec  # noqa: E402
-
+from benchmarks.real.run import (  # noqa: E402
+    VIEWS,
+    UsageError,
+    data_root,
+    hardware,
+    merged,
+    read_yaml,
+    run_spec,
+)
 from medimg.evaluation import full_metrics, headline  # noqa: E402
 from medimg.io import read_json, write_json  # noqa: E402
 from medimg.params import load_params  # noqa: E402
@@ -46,11 +53,11 @@ from scripts import ensemble  # noqa: E402
 
 SELECT = "best_value"  # metrics/report/train.json: train.monitor at the best epoch
 QUEUED = "queued.json"  # in the workspace: when each experiment was queued and started
-GROUPS = ("search", "seeds", "folds", "architectures")
+STALE_METRICS = ("metrics/train.json", "metrics/evaluate.json")
 
 
 def plan_spec(name: str) -> dict:
-    path = HERE / f"{name}.yaml"
+    path = HERE / "plans" / f"{name}.yaml"
     if not path.is_file():
         raise UsageError(f"no plan '{name}' ({path})")
     return read_yaml(path)
@@ -86,6 +93,8 @@ def setup(plan: str, spec: dict, data: str | None, work: Path) -> None:
         yaml.safe_dump(params, handle, sort_keys=False)
     load_params(work / "params.yaml")
     dvc(work, "repro", "prepare")
+    for stale in STALE_METRICS:  # the clone's sample-data figures: no baseline figures
+        (work / stale).unlink(missing_ok=True)
     git(work, "add", "-A")
     git(work, "commit", "-q", "-m", f"{plan}: baseline of the experiments")
     print(f"{plan}: baseline committed in {work}")
@@ -110,13 +119,19 @@ def chosen(records: list[dict], candidates: dict) -> tuple[str, dict]:
 def queue_runs(work: Path, runs: dict[str, dict]) -> None:
     """`dvc exp run --queue` for each run (name: -S settings), then start DVC's queue."""
     log = read_json(work / QUEUED) if (work / QUEUED).exists() else {}
+    runs = {name: settings for name, settings in runs.items() if name not in log}
+    if not runs:
+        raise UsageError(f"every run of this phase is already queued (see {work / QUEUED})")
     for name, settings in runs.items():
         flags = [item for key, value in settings.items()
                  for item in ("-S", f"{key}={json.dumps(value)}")]
         dvc(work, "exp", "run", "--queue", "--name", name, *flags, "evaluate")
         log[name] = {"settings": settings}
     started = time.time()
-    dvc(work, "queue", "start", "-j", "1")
+    # The worker outlives this call: its output goes to `dvc queue logs`, not to a pipe
+    # that would hold this script until the queue is empty.
+    subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", "1"], cwd=work,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     for name in runs:
         log[name]["queue_started"] = started
     write_json(work / QUEUED, log)
@@ -175,8 +190,6 @@ def ensemble_scores(work: Path, names: list[str], records: dict[str, dict], out:
 
 
 def collect(plan: str, spec: dict, work: Path) -> Path:
-    import os
-
     os.chdir(work)  # scripts/ensemble.py scores the workspace's prepared test split
     params = load_params(work / "params.yaml")
     records, skipped = exp_records(work)
@@ -212,6 +225,7 @@ def collect(plan: str, spec: dict, work: Path) -> Path:
                             for key in ("dedup", "split", "prepare", "model", "train")},
         "test_images": {"all": len(test), "unique": int((test["test_copy"] == "").sum())},
         "chosen_recipe": {"name": choice, "settings": recipe},
+        "goal": spec["goal"],
         "runs": run_rows,
         "seeds": {subset: summary([shown[n] for n in seeds], subset)
                   for subset in ("all", "unique")},
@@ -222,7 +236,7 @@ def collect(plan: str, spec: dict, work: Path) -> Path:
         "skipped": skipped,
         "wall_seconds_total": round(sum(r["wall_seconds"] or 0 for r in run_rows), 1),
     }
-    out = REPO / "benchmarks/results" / f"real_{plan}.json"
+    out = REPO / "benchmarks/results" / f"{plan}.json"
     write_json(out, result)
     print(f"{plan}: wrote {out}")
     return out
@@ -235,7 +249,7 @@ def timestamp(work: Path, rev: str) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["setup", "queue", "collect"])
-    parser.add_argument("plan", help="a plan file in benchmarks/real, without .yaml")
+    parser.add_argument("plan", help="a plan file in benchmarks/real/plans, without .yaml")
     parser.add_argument("phase", nargs="?", choices=["search", "final"], help="for queue")
     parser.add_argument("--data", help="folder with brain-tumor-mri/ and breast-idc/")
     parser.add_argument("--work", type=Path, default=HERE / "work", help="workspaces")
