@@ -162,6 +162,7 @@ def test_scores(work: Path, rev: str, test: pd.DataFrame, classes: list[str],
         predictions = pd.read_csv(handle, keep_default_na=False)
     rows = predictions[predictions["split"] == "test"].set_index("path").loc[test["path"]]
     probs = rows[[f"prob_{name}" for name in classes]].to_numpy()
+    probs = probs / probs.sum(axis=1, keepdims=True)  # the file rounds to 6 decimals
     labels = test["label"].to_numpy()
     unique = (test["test_copy"] == "").to_numpy()
     return {subset: headline(full_metrics(labels[mask], probs[mask], classes, resamples, seed))
