@@ -1,8 +1,9 @@
 """Seeds, folds, a recipe search and other architectures on real data, as DVC experiments.
 
     python benchmarks/real/experiments.py setup PLAN [--data DIR]
-    python benchmarks/real/experiments.py queue PLAN search   # then: dvc queue start
+    python benchmarks/real/experiments.py queue PLAN search   # queues, starts the queue
     python benchmarks/real/experiments.py queue PLAN final    # after the search finished
+    python benchmarks/real/experiments.py queue PLAN restart  # if the queue's worker stopped
     python benchmarks/real/experiments.py collect PLAN         # after the final runs
 
 PLAN is a plan file in benchmarks/real/plans/ without its suffix (b_tumours_experiments).
@@ -138,6 +139,21 @@ def queue_runs(work: Path, runs: dict[str, dict]) -> None:
     print(f"queued {', '.join(runs)}; `dvc queue status` in {work} shows progress")
 
 
+def restart_queue(work: Path) -> None:
+    """Start DVC's queue again after its worker stopped, the time of the restart recorded
+    as the queue start of every run without a result yet."""
+    records, _ = exp_records(work)
+    log = read_json(work / QUEUED)
+    waiting = [name for name in log if name not in {r["name"] for r in records}]
+    started = time.time()
+    subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", "1"], cwd=work,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    for name in waiting:
+        log[name]["queue_started"] = started
+    write_json(work / QUEUED, log)
+    print(f"restarted the queue for {', '.join(waiting) or 'nothing'}")
+
+
 def final_runs(spec: dict, recipe: dict) -> dict[str, dict]:
     runs = {f"fold{fold}": {**recipe, "split.fold": fold} for fold in spec["folds"]}
     runs |= {f"seed{seed}": {**recipe, "seed": seed} for seed in spec["seeds"]}
@@ -251,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["setup", "queue", "collect"])
     parser.add_argument("plan", help="a plan file in benchmarks/real/plans, without .yaml")
-    parser.add_argument("phase", nargs="?", choices=["search", "final"], help="for queue")
+    parser.add_argument("phase", nargs="?", choices=["search", "final", "restart"],
+                        help="for queue (restart: after the queue's worker stopped)")
     parser.add_argument("--data", help="folder with brain-tumor-mri/ and breast-idc/")
     parser.add_argument("--work", type=Path, default=HERE / "work", help="workspaces")
     args = parser.parse_args(argv)
@@ -269,8 +286,10 @@ def main(argv: list[str] | None = None) -> None:
             choice, recipe = chosen(records, spec["search"])
             print(f"chosen recipe: {choice} {recipe}")
             queue_runs(work, final_runs(spec, recipe))
+        elif args.action == "queue" and args.phase == "restart":
+            restart_queue(work)
         elif args.action == "queue":
-            raise UsageError("queue needs a phase: search or final")
+            raise UsageError("queue needs a phase: search, final or restart")
         else:
             collect(args.plan, spec, work)
     except UsageError as err:
