@@ -117,6 +117,16 @@ def chosen(records: list[dict], candidates: dict) -> tuple[str, dict]:
     return best, candidates[best]
 
 
+def start_queue(work: Path) -> float:
+    """`dvc queue start -j 1` (one run at a time: two cores); returns when it was started."""
+    started = time.time()
+    # The worker outlives this call: its output goes to `dvc queue logs`, not to a pipe
+    # that would hold this script until the queue is empty.
+    subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", "1"], cwd=work,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return started
+
+
 def queue_runs(work: Path, runs: dict[str, dict]) -> None:
     """`dvc exp run --queue` for each run (name: -S settings), then start DVC's queue."""
     log = read_json(work / QUEUED) if (work / QUEUED).exists() else {}
@@ -128,11 +138,7 @@ def queue_runs(work: Path, runs: dict[str, dict]) -> None:
                  for item in ("-S", f"{key}={json.dumps(value)}")]
         dvc(work, "exp", "run", "--queue", "--name", name, *flags, "evaluate")
         log[name] = {"settings": settings}
-    started = time.time()
-    # The worker outlives this call: its output goes to `dvc queue logs`, not to a pipe
-    # that would hold this script until the queue is empty.
-    subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", "1"], cwd=work,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    started = start_queue(work)
     for name in runs:
         log[name]["queue_started"] = started
     write_json(work / QUEUED, log)
@@ -145,9 +151,7 @@ def restart_queue(work: Path) -> None:
     records, _ = exp_records(work)
     log = read_json(work / QUEUED)
     waiting = [name for name in log if name not in {r["name"] for r in records}]
-    started = time.time()
-    subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", "1"], cwd=work,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    started = start_queue(work)
     for name in waiting:
         log[name]["queue_started"] = started
     write_json(work / QUEUED, log)
