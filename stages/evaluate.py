@@ -1,8 +1,8 @@
 """Stage `evaluate`: score the best checkpoint on validation and test with intervals, check
 what a trivial model scores, and write the original study's reports and figures.
 
-Writes metrics/evaluate.json (the test split's headline figures and the best trivial
-model's test accuracy: the DVC metric),
+Writes metrics/evaluate.json (the test split's headline figures, the best trivial
+model's test accuracy and the out-of-distribution detector's figures: the DVC metric),
 metrics/predictions.csv, metrics/report/ (report.json with every figure, summary.csv,
 errors.csv, report.md) and plots/evaluate/ (PNG figures, dvclive plot data, Grad-CAM
 overlays).
@@ -18,17 +18,22 @@ from medimg import plots
 from medimg.data import prepare_image
 from medimg.devices import reproducible_cpu, resolve_device
 from medimg.evaluation import (
+    acceptance_curve,
     error_analysis,
     full_metrics,
     headline,
     image_statistics,
+    ood_acceptance,
+    ood_auroc,
     shortcut_scores,
 )
 from medimg.gradcam import grad_cam, overlay
 from medimg.images import ImageError
 from medimg.inference import Classifier, as_tensor, load_classifier, normalise
 from medimg.io import atomic_path, write_csv, write_json
+from medimg.ood import OodDetector
 from medimg.params import Params, load_params
+from medimg.references import everyday, external_mri, model_inputs, other_modalities, source_file
 from medimg.report import markdown, summary_table
 from medimg.walk import walk_dataset
 
@@ -39,6 +44,7 @@ METRICS = Path("metrics/evaluate.json")  # headline figures: the DVC metric
 PREDICTIONS = Path("metrics/predictions.csv")
 REPORT_DIR = Path("metrics/report")
 PLOTS = Path("plots/evaluate")
+CURVE_POINTS = 41  # thresholds of the out-of-distribution trade-off curve
 
 
 def shortcut(parts: dict[str, pd.DataFrame], arrays: dict[str, np.ndarray],
@@ -55,8 +61,9 @@ def shortcut(parts: dict[str, pd.DataFrame], arrays: dict[str, np.ndarray],
             "trivial_model_reaches_0_99": best >= 0.99}
 
 
-def external(params: Params, classifier: Classifier) -> dict:
-    """Score another folder-per-class dataset, decoded and resized like the training data."""
+def external(params: Params, classifier: Classifier, detector: OodDetector | None) -> dict:
+    """Score another folder-per-class dataset, decoded and resized like the training data,
+    and the share of it the out-of-distribution detector accepts."""
     config = classifier.config
     folder = Path(params.evaluate.external_dir)
     walk = walk_dataset(folder, params.classes)
@@ -68,10 +75,57 @@ def external(params: Params, classifier: Classifier) -> dict:
             labels.append(params.classes.index(candidate.label_name))
         except ImageError:
             rejected += 1
-    probs = classifier.predict(np.stack(pixels), params.evaluate.batch_size)
+    probs, features = classifier.predict_with_features(np.stack(pixels),
+                                                       params.evaluate.batch_size)
     result = full_metrics(np.asarray(labels), probs, params.classes,
                           params.evaluate.bootstrap_resamples, params.seed)
+    if detector is not None:
+        result["ood"] = ood_acceptance({"external_dir": detector.score(features)},
+                                       detector.threshold)["external_dir"]
     return {**result, "rejected": rejected, "ignored": len(walk.ignored)}
+
+
+def reference_features(classifier: Classifier,
+                       batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """The network's features of each packaged reference set, and the package files each
+    set's images came from."""
+    references = {"external": external_mri(), "everyday": everyday(),
+                  "other_modalities": other_modalities()}
+    features = {name: classifier.predict_with_features(model_inputs(images, classifier.config),
+                                                       batch_size)[1]
+                for name, images in references.items()}
+    sources = {name: sorted({source_file(n) for n in images})
+               for name, images in references.items()}
+    return features, sources
+
+
+def ood_figures(detector: OodDetector, features: dict[str, np.ndarray]) -> dict:
+    """The detector on named sets of features (the test split first, then the reference
+    sets): what it accepts, how well it ranks, and the trade-off over thresholds."""
+    scores = {name: detector.score(values) for name, values in features.items()}
+    return {"threshold": detector.threshold, "contrast": detector.contrast,
+            "sets": ood_acceptance(scores, detector.threshold),
+            "auroc": {f"{outside}_vs_{inside}": ood_auroc(scores[inside], scores[outside])
+                      for outside in ("everyday", "other_modalities")
+                      for inside in ("test", "external")},
+            "curve": acceptance_curve(scores, CURVE_POINTS)}
+
+
+def out_of_distribution(classifier: Classifier, detector: OodDetector,
+                        test_features: np.ndarray, batch_size: int) -> dict:
+    """The detector on the test split and the packaged reference sets, and where the
+    reference images came from."""
+    references, sources = reference_features(classifier, batch_size)
+    return {**ood_figures(detector, {"test": test_features, **references}), "sources": sources}
+
+
+def ood_headline(ood: dict) -> dict[str, float]:
+    """The figures the acceptance goals name: shares of everyday photographs flagged, and
+    of the test split and the external MRI accepted (the rest is in report.json)."""
+    sets = ood["sets"]
+    return {"ood_flagged": round(1.0 - sets["everyday"]["accepted"], 4),
+            "ood_test": round(sets["test"]["accepted"], 4),
+            "ood_external": round(sets["external"]["accepted"], 4)}
 
 
 def gradcam_overlays(classifier: Classifier, part: pd.DataFrame, pixels: np.ndarray,
@@ -100,9 +154,10 @@ def main() -> None:
     parts = {s: pd.read_csv(PREPARED / f"{s}.csv", dtype={"group": str}, keep_default_na=False)
              for s in ("train", "val", "test")}
     arrays = {s: np.load(PREPARED / f"{s}.npy", mmap_mode="r") for s in parts}
-    metrics, rows = {}, []
+    metrics, rows, features = {}, [], {}
     for split in ("val", "test"):
-        probs = classifier.predict(arrays[split], settings.batch_size)
+        probs, features[split] = classifier.predict_with_features(arrays[split],
+                                                                  settings.batch_size)
         labels = parts[split]["label"].to_numpy()
         metrics[split] = full_metrics(labels, probs, classes, settings.bootstrap_resamples,
                                       params.seed, settings.ece_bins)
@@ -115,8 +170,12 @@ def main() -> None:
         if split == "test":
             test_labels, test_probs = labels, probs
     metrics["shortcut"] = shortcut(parts, arrays, metrics["test"]["accuracy"])
+    detector = OodDetector.load(MODEL_DIR)
     if settings.external_dir:
-        metrics["external"] = external(params, classifier)
+        metrics["external"] = external(params, classifier, detector)
+    if detector is not None:
+        metrics["ood"] = out_of_distribution(classifier, detector, features["test"],
+                                             settings.batch_size)
     predictions = pd.concat(rows, ignore_index=True)
     write_csv(PREDICTIONS, predictions)
 
@@ -137,7 +196,8 @@ def main() -> None:
     summary = summary_table(metrics)
     write_json(REPORT_DIR / "report.json", report)
     write_json(METRICS, {**headline(metrics["test"]),
-                         "shortcut": round(metrics["shortcut"]["best_accuracy"], 4)})
+                         "shortcut": round(metrics["shortcut"]["best_accuracy"], 4),
+                         **(ood_headline(metrics["ood"]) if "ood" in metrics else {})})
     write_csv(REPORT_DIR / "summary.csv", summary)
     write_csv(REPORT_DIR / "errors.csv", error_analysis(predictions, settings.least_confident))
     figures = sorted(p.relative_to(PLOTS).as_posix() for p in PLOTS.glob("*.png")) + overlays

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from medimg.devices import reproducible_cpu
-from medimg.inference import ONNX_NAME, ONNX_SIDECAR, Classifier, load_classifier
+from medimg.inference import ONNX_NAME, ONNX_SIDECAR, Classifier, WithFeatures, load_classifier
 from medimg.io import atomic_path, write_json
 from medimg.params import load_params
 
@@ -30,8 +30,9 @@ def export_onnx(classifier: Classifier, target: Path, opset: int) -> None:
     size = classifier.config["image_size"]
     example = torch.zeros(2, 3, size, size)
     with atomic_path(target) as tmp:
-        torch.onnx.export(classifier.backend.model, (example,), str(tmp), input_names=["image"],
-                          output_names=["logits"], opset_version=opset, dynamo=True,
+        torch.onnx.export(WithFeatures(classifier.backend.model).eval(), (example,), str(tmp),
+                          input_names=["image"], output_names=["logits", "features"],
+                          opset_version=opset, dynamo=True,
                           dynamic_shapes=({0: torch.export.Dim("batch")},),
                           external_data=False, verbose=False)
         # The exporter stores stack traces with absolute source paths on every node: drop
@@ -49,6 +50,9 @@ def sidecar(config: dict) -> dict:
                                               config["image_size"]], "dtype": "float32"},
         "output": {"name": "logits", "activation": "sigmoid of the one logit = probability of "
                    f"{config['classes'][1]}" if len(config["classes"]) == 2 else "softmax"},
+        "features": {"name": "features", "shape": ["batch", "features"],
+                     "use": "pooled penultimate features, scored by the out-of-distribution "
+                            "detector (ood.json)"},
         "classes": config["classes"],
         "preprocessing": {
             "decode": "EXIF orientation applied; any mode to 8-bit RGB, transparency on white",

@@ -84,7 +84,14 @@ def run_settings(params: Params) -> dict:
             "classes": params.classes, "model": params.model.model_dump(),
             "cpu_threads": params.cpu_threads,
             "prepare": {"image_size": params.prepare.image_size,
-                        "resize": params.prepare.resize}}
+                        "resize": params.prepare.resize},
+            "dedup": decode_rules(params)}
+
+
+def decode_rules(params: Params) -> dict:
+    """The dedup stage's decoding limits, saved with the model so that predict and the
+    service decode as the training data was."""
+    return {"max_pixels": params.dedup.max_pixels, "min_side": params.dedup.min_side}
 
 
 def resume(trainer: Trainer) -> None:
@@ -154,6 +161,7 @@ def main() -> None:
         "classes": params.classes,
         "image_size": params.prepare.image_size,
         "resize": params.prepare.resize,
+        "decode": decode_rules(params),
         **normalisation(model),
         "pretrained": params.model.pretrained,
         "train": train.model_dump(),

@@ -96,7 +96,7 @@ def built(tmp_path_factory) -> Path:
     repo = make_tiny_repo(tmp_path_factory.mktemp("built"))
     output = run([*DVC, "repro"], repo)
     assert ran(output) == {"sample", "pretrained", "dedup", "split", "prepare", "train",
-                           "evaluate", "export", "plots_page"}
+                           "ood", "evaluate", "export", "plots_page"}
     git(["add", "-A"], repo)
     git(["commit", "-qm", "repro"], repo)
     return repo
@@ -144,19 +144,20 @@ def test_second_repro_runs_nothing(repo: Path) -> None:
 
 def test_training_param_reruns_train_and_what_uses_the_model(repo: Path) -> None:
     set_params(repo, train__lr=1e-3)
-    assert ran(run([*DVC, "repro"], repo)) == {"train", "evaluate", "export"}
+    assert ran(run([*DVC, "repro"], repo)) == {"train", "ood", "evaluate", "export"}
 
 
 def test_image_size_reruns_prepare_and_what_follows_only(repo: Path) -> None:
     set_params(repo, prepare__image_size=24)
-    assert ran(run([*DVC, "repro"], repo)) == {"prepare", "train", "evaluate", "export"}
+    assert ran(run([*DVC, "repro"], repo)) == {"prepare", "train", "ood", "evaluate",
+                                              "export"}
 
 
 def test_new_raw_image_reruns_dedup_and_everything_after(repo: Path) -> None:
     save(repo / "data/tiny/a/new.png", tiny_image(999, 0))
     run([*DVC, "add", "-q", "data/tiny"], repo)
     assert ran(run([*DVC, "repro"], repo)) == {"dedup", "split", "prepare", "train",
-                                              "evaluate", "export"}
+                                              "ood", "evaluate", "export"}
     assert json.loads((repo / "metrics/dedup.json").read_text())["found"] == 49
 
 
@@ -178,7 +179,7 @@ def test_reverted_params_restore_outputs_from_the_run_cache(repo: Path) -> None:
     assert (repo / "models/model.safetensors").read_bytes() != original
     git(["checkout", "params.yaml"], repo)
     output = run([*DVC, "repro"], repo)
-    assert ran(output) == set() and {"train", "evaluate", "export"} <= restored(output)
+    assert ran(output) == set() and {"train", "ood", "evaluate", "export"} <= restored(output)
     assert (repo / "models/model.safetensors").read_bytes() == original
 
 

@@ -34,6 +34,8 @@ DECLARED_FILES = [
     "models/pretrained/tf_efficientnet_lite2.safetensors",
     "models/model.safetensors",
     "models/model.json",
+    "models/ood.safetensors",
+    "models/ood.json",
     "models/model.onnx",
     "models/model.onnx.json",
     "models/int8/model.onnx",
@@ -46,6 +48,7 @@ DECLARED_FILES = [
     "metrics/report/dedup.json",
     "metrics/report/split.json",
     "metrics/report/train.json",
+    "metrics/report/ood.json",
     "metrics/report/export.json",
     "metrics/report/report.json",
     "metrics/report/summary.csv",
@@ -151,6 +154,10 @@ def test_headline_metrics_are_the_report_figures_rounded(fresh_clone: Path) -> N
                 if name + full in test}
     expected["shortcut"] = round(max(metrics["shortcut"][kind]["accuracy"]
                                      for kind in ("image_statistics", "size_only")), 4)
+    ood = metrics["ood"]["sets"]
+    expected.update(ood_flagged=round(1 - ood["everyday"]["accepted"], 4),
+                    ood_test=round(ood["test"]["accepted"], 4),
+                    ood_external=round(ood["external"]["accepted"], 4))
     assert read("metrics/evaluate.json") == expected
     dedup, split = read("metrics/report/dedup.json"), read("metrics/report/split.json")
     assert read("metrics/dedup.json") == {"found": dedup["found"], "kept": dedup["kept"]}
@@ -167,6 +174,7 @@ def test_stage_reproduces_the_committed_lock(fresh_clone: Path, repo: Path, stag
 
 
 MODEL_OUTPUTS = {"train": ["models/model.safetensors", "models/model.json"],
+                 "ood": ["models/ood.safetensors"],
                  "evaluate": ["metrics/predictions.csv", "metrics/evaluate.json"],
                  "export": ["models/model.onnx"]}
 

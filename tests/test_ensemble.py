@@ -28,6 +28,7 @@ def member(folder: Path, seed: int, image_size: int = 32) -> Path:
     model = create_model("test_efficientnet", "none", 2)
     save_checkpoint(folder, model, {"model": "test_efficientnet", "classes": CLASSES,
                                     "image_size": image_size, "resize": "squash",
+                                    "decode": {"max_pixels": 10**6, "min_side": 16},
                                     **normalisation(model)})
     return folder
 

@@ -1,57 +1,21 @@
 import json
+import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-import torch
-from torch.utils.data import Dataset
 
 import predict
-from conftest import REPO, save
+from conftest import picture, save
 from export import export_onnx
 from medimg.inference import ONNX_NAME, expand_inputs, load_classifier
-from medimg.models import create_model, normalisation, save_checkpoint
-from medimg.params import load_params
-from medimg.training import Trainer, seed_everything
-from prepare import write_split
-
-CLASSES = ["grey", "red"]
+from medimg.predictor import Predictor
 
 
-def picture(seed: int, red: bool, size: int = 40) -> np.ndarray:
-    pixels = np.random.default_rng(seed).integers(60, 120, (size, size, 3))
-    if red:
-        pixels[..., 0] += 120
-    return pixels.astype(np.uint8)
-
-
-class Pictures(Dataset):
-    def __init__(self, count: int) -> None:
-        self.labels = np.arange(count) % 2
-        self.images = torch.from_numpy(
-            np.stack([picture(i, bool(label), 32) for i, label in enumerate(self.labels)]))
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index], int(self.labels[index])
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A tiny model trained to tell red pictures from grey ones."""
-    folder = tmp_path_factory.mktemp("model")
-    seed_everything(0)
-    model = create_model("test_efficientnet", "none", 2)
-    norm = normalisation(model)
-    train = load_params(REPO / "params.yaml").train.model_copy(update={
-        "epochs": 4, "freeze_epochs": 0, "batch_size": 8, "lr": 1e-2, "device": "cpu"})
-    Trainer(model, Pictures(32), Pictures(8), train, seed=0, num_classes=2).fit()
-    save_checkpoint(folder, model, {"model": "test_efficientnet", "classes": CLASSES,
-                                    "image_size": 32, "resize": "squash", **norm})
-    return folder
+@pytest.fixture
+def model_dir(tiny_model, tmp_path) -> Path:
+    """A copy of the tiny model, so that exporting into it leaves the shared one alone."""
+    return Path(shutil.copytree(tiny_model, tmp_path / "model"))
 
 
 def mixed_folder(root: Path) -> Path:
@@ -74,7 +38,8 @@ def test_folder_with_good_and_broken_files(model_dir, tmp_path) -> None:
                            "--out", str(out)])
     assert status == 0
     table = pd.read_csv(out, keep_default_na=False).set_index("path")
-    assert list(table.columns) == ["predicted", "prob_grey", "prob_red", "error"]
+    assert list(table.columns) == ["frame", "predicted", "prob_grey", "prob_red",
+                                   "in_distribution", "ood_score", "error"]
     expected = {"g1.png": "grey", "r1.png": "red", "nested/g2.jpg": "grey",
                 "nested/r2.webp": "red"}
     for name, label in expected.items():
@@ -86,23 +51,6 @@ def test_folder_with_good_and_broken_files(model_dir, tmp_path) -> None:
     assert table.loc[str(folder / "cut.jpg"), "error"].startswith("unreadable image")
     assert table.loc[str(tmp_path / "missing.png"), "error"] == "no such file or folder"
     assert (table.loc[[str(folder / "empty.png")], "predicted"] == "").all()
-
-
-def test_evaluate_and_predict_give_the_same_probabilities_for_the_same_files(model_dir,
-                                                                            tmp_path) -> None:
-    folder = mixed_folder(tmp_path)
-    files = [folder / name for name in ("g1.png", "r1.png", "nested/g2.jpg", "nested/r2.webp")]
-    # evaluate's way: the prepare stage's array of the split, scored in evaluate's batches.
-    write_split(tmp_path / "test.npy", files, 32, "squash", workers=1)
-    batch_size = load_params(REPO / "params.yaml").evaluate.batch_size
-    evaluated = load_classifier(model_dir).predict(np.load(tmp_path / "test.npy", mmap_mode="r"),
-                                                   batch_size)
-    out = tmp_path / "predicted.csv"
-    assert predict.main([*map(str, files), "--model", str(model_dir), "--batch-size", "3",
-                         "--out", str(out)]) == 0
-    predicted = pd.read_csv(out)[["prob_grey", "prob_red"]].to_numpy()
-    assert np.abs(predicted - evaluated).max() <= 1e-6  # predict rounds to 6 decimals
-    assert evaluated[:, 1].round().tolist() == [0, 1, 0, 1]
 
 
 def test_exit_status_is_non_zero_only_when_nothing_was_classified(model_dir, tmp_path) -> None:
@@ -155,3 +103,20 @@ def test_inputs_expand_and_report_what_matched_nothing(tmp_path) -> None:
     assert found == [(str(tmp_path / "a/x.png"), None),
                      (str(tmp_path / "empty"), "folder holds no image files"),
                      (str(tmp_path / "*.nothing"), "pattern matches no file")]
+
+
+def test_a_folder_is_decoded_and_classified_a_batch_at_a_time(model_dir, tmp_path,
+                                                              monkeypatch) -> None:
+    for index in range(7):
+        save(tmp_path / "in" / f"{index}.png", picture(300 + index, bool(index % 2)))
+    events: list[str | int] = []
+    decode, classify = Predictor.decode, Predictor.predict
+    monkeypatch.setattr(Predictor, "decode", lambda self, source, name: (
+        events.append("decode") or decode(self, source, name)))
+    monkeypatch.setattr(Predictor, "predict", lambda self, images: (
+        events.append(len(images)) or classify(self, images)))
+    assert predict.main([str(tmp_path / "in"), "--model", str(model_dir), "--batch-size", "3",
+                         "--out", str(tmp_path / "out.csv")]) == 0
+    # Never more than a batch of decoded images waits: a folder of any size streams.
+    assert events == ["decode"] * 3 + [3] + ["decode"] * 3 + [3] + ["decode", 1]
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 7

@@ -28,7 +28,7 @@ from medimg.edits import (
     view_hashes,
 )
 from medimg.hashing import file_sha256, pixel_sha256
-from medimg.images import ImageError, load_image
+from medimg.images import ImageError, check_min_side, load_image
 from medimg.perceptual import (
     THUMB_SIZE,
     detail_vectors,
@@ -48,11 +48,10 @@ def describe(rel: str, raw_dir: Path, min_side: int, max_pixels: int) -> dict:
     path = raw_dir / rel
     try:
         decoded = load_image(path, max_pixels)
+        check_min_side(decoded.pixels, min_side)
     except ImageError as err:
         return {"path": rel, "reason": str(err)}
     height, width = decoded.pixels.shape[:2]
-    if min(height, width) < min_side:
-        return {"path": rel, "reason": f"smaller than min_side ({width}x{height} < {min_side})"}
     full = luma(decoded.pixels)
     grey = reduce_grey(full)
     thumb = thumbnail(grey if min(grey.shape) >= THUMB_SIZE else full)  # area of an area

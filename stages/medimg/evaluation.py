@@ -17,6 +17,7 @@ from sklearn.metrics import (
     log_loss,
     matthews_corrcoef,
     precision_recall_fscore_support,
+    roc_auc_score,
 )
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -221,3 +222,35 @@ def shortcut_scores(train_features: np.ndarray, train_labels: np.ndarray,
     predicted = model.predict(test_features)
     return {"accuracy": accuracy(test_labels, predicted),
             "f1_macro": macro_f1(test_labels, predicted)}
+
+
+def ood_acceptance(scores: dict[str, np.ndarray], threshold: float) -> dict[str, dict]:
+    """For each named set of out-of-distribution scores: its size and the share accepted
+    as in-distribution (score <= threshold), with a Wilson 95% interval."""
+    result = {}
+    for name, values in scores.items():
+        accepted, n = int((values <= threshold).sum()), len(values)
+        low, high = wilson_interval(accepted, n)
+        result[name] = {"n": n, "accepted": accepted / n if n else None,
+                        "accepted_low": round(low, 6), "accepted_high": round(high, 6)}
+    return result
+
+
+def ood_auroc(inside: np.ndarray, outside: np.ndarray) -> float | None:
+    """How well the scores rank out-of-distribution images above in-distribution ones."""
+    if not len(inside) or not len(outside):
+        return None
+    labels = np.r_[np.zeros(len(inside)), np.ones(len(outside))]
+    return float(roc_auc_score(labels, np.r_[inside, outside]))
+
+
+def acceptance_curve(scores: dict[str, np.ndarray], points: int) -> list[dict]:
+    """The share of each set accepted at `points` thresholds spread over all the scores
+    (their quantiles): the trade-off between accepting in-distribution sets and flagging
+    the others, whatever threshold one picks."""
+    every = np.concatenate(list(scores.values()))
+    thresholds = np.unique(np.quantile(every, np.linspace(0.0, 1.0, points)))
+    return [{"threshold": round(float(threshold), 4),
+             **{f"{name}_accepted": round(float((values <= threshold).mean()), 4)
+                for name, values in scores.items()}}
+            for threshold in thresholds]

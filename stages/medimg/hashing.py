@@ -5,14 +5,21 @@ from pathlib import Path
 
 import numpy as np
 
+from medimg.images import FRAME_MARK, split_frame
+
 _CHUNK = 1 << 20
 
 
 def file_sha256(path: Path | str) -> str:
+    """Hash of the file's bytes; for one frame of a multi-frame DICOM (`path#frame=K`), of
+    the bytes and the frame number, so frames of one file are not exact copies."""
+    file, frame = split_frame(path)
     digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
+    with file.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
+    if frame is not None:
+        digest.update(f"{FRAME_MARK}{frame}".encode())
     return digest.hexdigest()
 
 

@@ -1,10 +1,12 @@
 """Pixels to probabilities, one way for everything that runs a model: validation during
-training, evaluate, export's parity check, predict and anything later.
+training, evaluate, the ood stage, export's parity check, and (through
+`medimg.predictor`) predict and the service.
 
 Images arrive decoded and resized, uint8 N x H x W x 3 (as the prepare stage stores them
 and `prepare_image` returns them). `normalise` is the only normalisation; `Classifier`
 runs them batch by batch through a backend, a PyTorch module on any device or an ONNX
-Runtime session, and `Classifier.logits` is the only batched-inference loop. `Ensemble`
+Runtime session, and `Classifier.outputs` is the only batched-inference loop: logits and
+the penultimate features the out-of-distribution detector scores. `Ensemble`
 averages the probabilities of several classifiers (and of flipped views, for test-time
 augmentation) behind the same `predict` and `config`.
 """
@@ -25,7 +27,8 @@ from medimg.models import CONFIG_NAME, load_checkpoint, probabilities
 ONNX_NAME = "model.onnx"
 ONNX_SIDECAR = "model.onnx.json"
 ENSEMBLE_NAME = "ensemble.json"  # in a folder of member folders: {"members": [...], "tta": ...}
-SHARED = ("classes", "image_size", "resize")  # what every member of an ensemble must share
+# What every member of an ensemble must share: one decoded image serves them all.
+SHARED = ("classes", "image_size", "resize", "decode")
 CPU = torch.device("cpu")
 
 
@@ -40,9 +43,35 @@ def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return ((values - mean_t) / std_t).contiguous()
 
 
+def in_batches(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    return (images[start:start + batch_size] for start in range(0, len(images), batch_size))
+
+
 def as_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     # np.array copies: a slice of a read-only memory map cannot back a tensor.
     return images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))
+
+
+Outputs = tuple[torch.Tensor, torch.Tensor | None]  # logits, penultimate features (or None)
+
+
+def logits_and_features(model: torch.nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor,
+                                                                            torch.Tensor]:
+    """A timm classifier's logits and its pre-logits features (pooled, before the head): the
+    same forward pass as `model(batch)`, keeping what the out-of-distribution score reads."""
+    features = model.forward_head(model.forward_features(batch), pre_logits=True)
+    return model.get_classifier()(features), features
+
+
+class WithFeatures(torch.nn.Module):
+    """`logits_and_features` as a module, for the ONNX export's two outputs."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return logits_and_features(self.model, batch)
 
 
 class TorchBackend:
@@ -52,25 +81,33 @@ class TorchBackend:
                  bf16: bool = False) -> None:
         self.model, self.device, self.bf16 = model.to(device), device, bf16
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor) -> Outputs:
         self.model.eval()
         with torch.inference_mode(), autocast(self.device, self.bf16):
-            return self.model(batch).float()
+            logits, features = logits_and_features(self.model, batch)
+            return logits.float(), features.float()
 
 
 class OnnxBackend:
-    """An ONNX Runtime session on the CPU."""
+    """An ONNX Runtime session on the CPU; features come from a second output when the
+    export has one."""
 
     device = CPU
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, memory_arena: bool = True) -> None:
         import onnxruntime
 
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        # ONNX Runtime's arena keeps what each batch shape needed: fastest for a few fixed
+        # batch sizes, but a server that sees every size keeps growing (off for serving).
+        options.enable_cpu_mem_arena = memory_arena
+        self.session = onnxruntime.InferenceSession(str(path), options,
+                                                    providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {self.input: batch.numpy()})[0])
+    def __call__(self, batch: torch.Tensor) -> Outputs:
+        logits, *features = self.session.run(None, {self.input: batch.numpy()})
+        return torch.from_numpy(logits), torch.from_numpy(features[0]) if features else None
 
 
 @dataclass
@@ -79,33 +116,49 @@ class Classifier:
     backend: TorchBackend | OnnxBackend
     config: dict
 
-    def logits(self, batches: Iterable[np.ndarray | torch.Tensor]) -> torch.Tensor:
-        """float32 logits on the CPU for batches of uint8 N x H x W x 3 images, in order."""
+    def outputs(self, batches: Iterable[np.ndarray | torch.Tensor]) -> Outputs:
+        """float32 logits and features on the CPU for batches of uint8 N x H x W x 3
+        images, in order (features None when the backend has none)."""
         device = self.backend.device
-        return torch.cat([
+        logits, features = zip(*(
             self.backend(normalise(as_tensor(batch).to(device, non_blocking=True),
-                                   self.config["mean"], self.config["std"])).cpu()
-            for batch in batches])
+                                   self.config["mean"], self.config["std"]))
+            for batch in batches), strict=True)
+        return (torch.cat(logits).cpu(),
+                None if features[0] is None else torch.cat(features).cpu())
+
+    def logits(self, batches: Iterable[np.ndarray | torch.Tensor]) -> torch.Tensor:
+        return self.outputs(batches)[0]
+
+    def predict_with_features(self, images: np.ndarray,
+                              batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """N x C class probabilities (float64) and N x D features (float32) for uint8
+        N x H x W x 3 images."""
+        logits, features = self.outputs(in_batches(images, batch_size))
+        if features is None:
+            raise ValueError("this ONNX model has no features output; run the export stage "
+                             "again (dvc repro export)")
+        return probabilities(logits).numpy(), features.numpy()
 
     def predict(self, images: np.ndarray, batch_size: int) -> np.ndarray:
         """N x C class probabilities (float64) for uint8 N x H x W x 3 images."""
-        batches = (images[start:start + batch_size] for start in range(0, len(images), batch_size))
-        return probabilities(self.logits(batches)).numpy()
+        return probabilities(self.logits(in_batches(images, batch_size))).numpy()
 
 
 class Ensemble:
     """Several classifiers as one: the mean of their class probabilities, with `tta` also
     over each image's left-right and upside-down flips. The members share the classes and
-    the decoding (image size and resize policy), so one decoded image serves them all."""
+    the decoding (limits, image size and resize policy), so one decoded image serves them
+    all."""
 
     def __init__(self, members: list[Classifier], tta: bool = False) -> None:
         first = members[0].config
         for key in SHARED:
-            values = [member.config[key] for member in members]
+            values = [member.config.get(key) for member in members]
             if any(value != first[key] for value in values):
                 raise ValueError(f"ensemble members differ in '{key}': {values}")
         self.members, self.tta = members, tta
-        self.config = {**{key: first[key] for key in SHARED}, "members": len(members),
+        self.config = {**{key: first.get(key) for key in SHARED}, "members": len(members),
                        "tta": tta}
 
     def predict(self, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -119,14 +172,16 @@ class Ensemble:
 
 
 def load_classifier(model_dir: Path, backend: str = "torch", device: torch.device = CPU,
-                    onnx_file: str = ONNX_NAME) -> Classifier | Ensemble:
+                    onnx_file: str = ONNX_NAME, memory_arena: bool = True) -> Classifier | Ensemble:
     """The checkpoint in `model_dir` (model.safetensors + model.json) on `device`, or its
-    ONNX export (`onnx_file`, relative to `model_dir`) in ONNX Runtime; an Ensemble when
-    `model_dir` holds ensemble.json and a folder per member."""
+    ONNX export (`onnx_file`, relative to `model_dir`) in ONNX Runtime (with or without
+    its memory arena); an Ensemble when `model_dir` holds ensemble.json and a folder per
+    member."""
     if (model_dir / ENSEMBLE_NAME).is_file():
         spec = read_json(model_dir / ENSEMBLE_NAME)
-        return Ensemble([load_classifier(model_dir / name, backend, device, onnx_file)
-                         for name in spec["members"]], spec["tta"])
+        return Ensemble([load_classifier(model_dir / name, backend, device, onnx_file,
+                                         memory_arena) for name in spec["members"]],
+                        spec["tta"])
     if backend == "torch":
         model, config = load_checkpoint(model_dir)
         return Classifier(TorchBackend(model, device), config)
@@ -135,7 +190,8 @@ def load_classifier(model_dir: Path, backend: str = "torch", device: torch.devic
     if not (model_dir / onnx_file).is_file():
         raise SystemExit(f"--backend onnx: {model_dir / onnx_file} not found; run the export "
                          "stage (dvc repro export)")
-    return Classifier(OnnxBackend(model_dir / onnx_file), read_json(model_dir / CONFIG_NAME))
+    return Classifier(OnnxBackend(model_dir / onnx_file, memory_arena),
+                      read_json(model_dir / CONFIG_NAME))
 
 
 def expand_inputs(items: list[str]) -> Iterator[tuple[str, str | None]]:

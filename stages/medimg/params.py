@@ -149,6 +149,15 @@ class TrainParams(Section):
     augment: AugmentParams
 
 
+class OodParams(Section):
+    components: PositiveInt
+    outlier_components: PositiveInt
+    contrast: Annotated[Number, Field(ge=0.0)]
+    accept: Annotated[Number, Field(gt=0.0, le=1.0)]
+    outlier_images: Annotated[int, Field(strict=True, ge=2)]
+    batch_size: PositiveInt
+
+
 class EvaluateParams(Section):
     batch_size: PositiveInt
     bootstrap_resamples: PositiveInt
@@ -175,6 +184,7 @@ class Params(Section):
     prepare: PrepareParams
     model: ModelParams
     train: TrainParams
+    ood: OodParams
     evaluate: EvaluateParams
     export: ExportParams
 

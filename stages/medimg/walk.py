@@ -7,7 +7,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from medimg.images import is_image_name
+from medimg.images import dicom_frame_count, frame_path, is_image_name
 
 OS_FILES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
 
@@ -59,6 +59,14 @@ def _class_folders(raw_dir: Path, class_level: int) -> set[str]:
     return {folder.name for folder in level}
 
 
+def _image_paths(raw_dir: Path, rel: str) -> list[str]:
+    """A file's image paths: each frame of a multi-frame DICOM is an image of its own."""
+    if not rel.lower().endswith(".dcm"):
+        return [rel]
+    frames = dicom_frame_count(raw_dir / rel)
+    return [rel] if frames == 1 else [frame_path(rel, frame) for frame in range(frames)]
+
+
 def walk_dataset(raw_dir: Path, classes: list[str], class_level: int = 1,
                  skip: frozenset[str] = frozenset(), ignore_classes: Collection[str] = ()) -> Walk:
     """List image candidates under the class folders at depth `class_level`; every other
@@ -91,7 +99,8 @@ def walk_dataset(raw_dir: Path, classes: list[str], class_level: int = 1,
             ignored.append((rel, "not an image file type"))
         else:
             origin = "/".join(parts[:class_level - 1])
-            candidates.append(Candidate(rel, parts[class_level - 1], origin))
+            candidates.extend(Candidate(path, parts[class_level - 1], origin)
+                              for path in _image_paths(raw_dir, rel))
     if not candidates:
         raise DatasetError(f"{raw_dir}: no image files found in the class folders")
     found = Counter(candidate.label_name for candidate in candidates)
