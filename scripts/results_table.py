@@ -40,7 +40,12 @@ LOADER_BEGIN, LOADER_END = markers("loader-benchmark")
 TRAIN_BEGIN, TRAIN_END = markers("train-benchmark")
 DVC_BEGIN, DVC_END = markers("dvc-benchmark")
 INFERENCE_BEGIN, INFERENCE_END = markers("inference-benchmark")
+SERVE_BEGIN, SERVE_END = markers("serve-benchmark")
+SERVE_TABLE_BEGIN, SERVE_TABLE_END = markers("serve-table")
+SERVE_FILE = "serve_benchmark.json"
 EXP_SHOW_BEGIN, EXP_SHOW_END = markers("exp-show")
+OOD_BEGIN, OOD_END = markers("ood")
+OOD_CURVE_BEGIN, OOD_CURVE_END = markers("ood-curve")
 EXPERIMENTS_BEGIN, EXPERIMENTS_END = markers("task-b-experiments")
 EXPERIMENTS_DETAIL_BEGIN, EXPERIMENTS_DETAIL_END = markers("task-b-experiments-detail")
 EXPERIMENTS_FILE = "b_tumours_experiments.json"
@@ -387,6 +392,182 @@ def inference_markdown(root: Path) -> str:
     return "\n".join(lines)
 
 
+NO_SERVE = "No results file yet: run `benchmarks/serve_benchmark.py`."
+
+
+def serve_cells(bench: dict) -> list[tuple[str, dict]]:
+    """(batching on/off, cell) for every cell, by concurrency, batching first."""
+    modes = (("on", bench["batching"]), ("off", bench["no_batching"]))
+    return sorted(((label, cell) for label, mode in modes for cell in mode["cells"]),
+                  key=lambda item: (item[1]["concurrency"], item[0] == "off"))
+
+
+def serve_goal_lines(bench: dict) -> list[str]:
+    goals, offline = bench["goals"], bench["offline"]
+    share, memory = goals["batched_share_of_offline"], bench["batching"]["memory"]
+
+    def met(goal: dict) -> str:
+        return "met" if goal["met"] else "NOT met"
+
+    return [f"Offline ONNX Runtime in the same run: {offline['throughput']} images/s (batch "
+            f"{offline['batch_size']}); served with batching at concurrency "
+            f"{max(bench['settings']['concurrency'])}: {share['value']:.0%} of it (goal "
+            f"{share['goal']:.0%}: {met(share)}). Errors: {goals['errors']['value']} (goal "
+            f"{goals['errors']['goal']}: {met(goals['errors'])}). Resident memory over "
+            f"{memory['requests']:,} requests: {memory['growth_mb']:+} MB (goal under "
+            f"{goals['memory_growth_mb']['goal']:g}: {met(goals['memory_growth_mb'])})."]
+
+
+def serve_table(bench: dict) -> list[str]:
+    lines = [f"Loopback, {bench['machine']['cpus']} CPU cores shared by client and server, "
+             f"{bench['settings']['duration_s']:g} s per row:", "",
+             "| concurrency | batching | requests/s | p50 ms | p95 ms | p99 ms | errors |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {cell['concurrency']} | {label} | {cell['throughput']} | {cell['p50_ms']} | "
+              f"{cell['p95_ms']} | {cell['p99_ms']} | {cell['errors']} |"
+              for label, cell in serve_cells(bench)]
+    return [*lines, "", *serve_goal_lines(bench)]
+
+
+def serve_table_markdown(root: Path) -> str:
+    """The load test in short: requests/s and latency by concurrency and batching."""
+    if not (root / "benchmarks/results" / SERVE_FILE).is_file():
+        return NO_SERVE
+    return "\n".join(serve_table(load(root, SERVE_FILE, "benchmarks/results")))
+
+
+def serve_cpu_table(bench: dict) -> list[str]:
+    lines = ["| concurrency | batching | images per model call | client | server | its event "
+             "loop | other | server ms per request |", "|---|---|---|---|---|---|---|---|"]
+    for label, cell in serve_cells(bench):
+        cores = cell["cores"]
+        lines.append(f"| {cell['concurrency']} | {label} | {blank(cell['mean_batch'])} | "
+                     f"{cores['client']} | {cores['server']} | {cores['server_event_loop']} | "
+                     f"{cores['other']} | {cell['cpu_ms_per_request']['server']} |")
+    return lines
+
+
+def serve_cost_lines(bench: dict) -> list[str]:
+    """Where the CPU goes, per request served and per image offline; the memory samples."""
+    offline, memory = bench["offline"], bench["batching"]["memory"]
+    top = max(bench["batching"]["cells"], key=lambda cell: cell["concurrency"])
+    per_request, cost = top["cpu_ms_per_request"], offline["cpu_ms_per_image"]
+    loop = per_request["server_event_loop"]
+    return [f"CPU milliseconds per request at concurrency {top['concurrency']} with batching: "
+            f"server {per_request['server']}, of which its event loop (HTTP, multipart "
+            f"parsing, FastAPI, batching, the JSON answer) {loop} and its worker threads "
+            f"(decoding, the model) {per_request['server'] - loop:.3f}; client "
+            f"{per_request['client']}. Offline, per image: decoding {cost['decode']}, the "
+            f"model at batch {offline['batch_size']} {cost['model']} (other processes used "
+            f"{offline['cores']['other']} cores meanwhile).", "",
+            f"Resident memory of the server: {memory['rss_mb_before']} MB after the rows "
+            f"above, then after each tenth of {memory['requests']:,} requests at concurrency "
+            f"{memory['concurrency']}: "
+            f"{', '.join(str(value) for value in memory['rss_mb_after_each_tenth'])} MB."]
+
+
+def serve_markdown(root: Path) -> str:
+    """The load test in full: the table, the CPU each side used, where it goes, memory."""
+    if not (root / "benchmarks/results" / SERVE_FILE).is_file():
+        return NO_SERVE
+    bench = load(root, SERVE_FILE, "benchmarks/results")
+    settings = bench["settings"]
+    return "\n".join([
+        *serve_table(bench), "", "CPU used during each row, in cores: the client, the server "
+        "(and of that its event loop, the main thread), every other process on the machine:",
+        "", *serve_cpu_table(bench), "", *serve_cost_lines(bench), "",
+        f"Settings: {settings['images']} images from `data/sample`, one per request; warm-up "
+        f"{settings['warmup_s']:g} s before each row; `--max-wait-ms "
+        f"{settings['max_wait_ms']:g}`; {bench['machine']['cpu_model']}; whole run "
+        f"{bench['wall_seconds']:.0f} s. `{bench['command']}`"])
+
+
+OOD_FILE = "ood_tradeoff.json"
+OOD_SETS = {"test": "test split", "external": "external MRI (packaged, other scanners)",
+            "everyday": "everyday photographs and graphics",
+            "other_modalities": "other modalities (retina, CT, ultrasound, microscopy)"}
+OOD_GOALS = {"everyday_flagged": 0.85, "accepted": 0.90}  # issue 17's acceptance goals
+
+
+def configured_contrast(bench: dict) -> dict:
+    """The contrast dial's row at the configured `ood.contrast`: the pipeline's detector."""
+    return next(row for row in bench["contrasts"]
+                if row["contrast"] == bench["configured_contrast"])
+
+
+def ood_goal_line(ood: dict) -> str:
+    """Whether both goals hold at the chosen threshold, and the best the curve offers."""
+    sets, curve = ood["sets"], ood["curve"]
+    flagged = 1 - sets["everyday"]["accepted"]
+    inside = min(sets["test"]["accepted"], sets["external"]["accepted"])
+    both = flagged >= OOD_GOALS["everyday_flagged"] and inside >= OOD_GOALS["accepted"]
+
+    def accepted_inside(point: dict) -> float:
+        return min(point["test_accepted"], point["external_accepted"])
+
+    keeping = [1 - p["everyday_accepted"] for p in curve
+               if accepted_inside(p) >= OOD_GOALS["accepted"]]
+    flagging = [accepted_inside(p) for p in curve
+                if 1 - p["everyday_accepted"] >= OOD_GOALS["everyday_flagged"]]
+    verdict = "both hold" if both else "not both hold with the sample's narrow training set"
+    return (f"Goals: at least {OOD_GOALS['everyday_flagged']:.0%} of the everyday images "
+            f"flagged and {OOD_GOALS['accepted']:.0%} of test and external images accepted: "
+            f"{verdict}. On the threshold curve, accepting {OOD_GOALS['accepted']:.0%} of "
+            f"both flags at most {max(keeping, default=0):.0%} of the everyday images; "
+            f"flagging {OOD_GOALS['everyday_flagged']:.0%} accepts at most "
+            f"{max(flagging, default=0):.0%} of both.")
+
+
+def ood_markdown(root: Path) -> str:
+    """The pipeline's out-of-distribution detector at its threshold on each packaged set."""
+    ood = configured_contrast(load(root, OOD_FILE, "benchmarks/results"))
+    lines = ["| images (n) | accepted as MRI or histology (95% CI) |", "|---|---|"]
+    for name, label in OOD_SETS.items():
+        row = ood["sets"][name]
+        lines.append(f"| {label} ({row['n']}) | {row['accepted']:.3f} "
+                     f"({row['accepted_low']:.3f} to {row['accepted_high']:.3f}) |")
+    auroc = ood["auroc"]
+    return "\n".join([*lines, "", f"ROC-AUC, everyday against test: "
+                      f"{auroc['everyday_vs_test']:.3f}; against external: "
+                      f"{auroc['everyday_vs_external']:.3f}. {ood_goal_line(ood)}"])
+
+
+def ood_dial_table(bench: dict) -> list[str]:
+    """One row per contrast, each detector at its own validation threshold."""
+    lines = ["| contrast | threshold | everyday flagged | test accepted | external accepted "
+             "| other modalities flagged | ROC-AUC everyday vs external |",
+             "|---|---|---|---|---|---|---|"]
+    for row in bench["contrasts"]:
+        sets = row["sets"]
+        chosen = " (configured)" if row["contrast"] == bench["configured_contrast"] else ""
+        lines.append(f"| {row['contrast']:g}{chosen} | {row['threshold']:.0f} | "
+                     f"{1 - sets['everyday']['accepted']:.3f} | "
+                     f"{sets['test']['accepted']:.3f} | {sets['external']['accepted']:.3f} | "
+                     f"{1 - sets['other_modalities']['accepted']:.3f} | "
+                     f"{row['auroc']['everyday_vs_external']:.3f} |")
+    return lines
+
+
+def ood_curve_markdown(root: Path) -> str:
+    """The contrast dial, then every threshold of the configured contrast's curve: what
+    each set's acceptance would be there."""
+    bench = load(root, OOD_FILE, "benchmarks/results")
+    ood = configured_contrast(bench)
+    names = list(OOD_SETS)
+    curve = ["| threshold | " + " | ".join(f"{OOD_SETS[n]} accepted" for n in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for point in ood["curve"]:
+        curve.append(f"| {point['threshold']:.0f} | "
+                     + " | ".join(f"{point[f'{n}_accepted']:.3f}" for n in names) + " |")
+    return "\n".join([
+        f"One detector fitted per `ood.contrast`, each with the threshold that accepts "
+        f"{bench['settings']['accept']:.0%} of the validation split (`{bench['command']}`, "
+        f"{bench['wall_seconds']:.0f} s on {bench['machine']['cpus']} CPU cores, model "
+        f"sha256 `{bench['model_sha256'][:12]}`):", "", *ood_dial_table(bench), "",
+        f"Every threshold at the configured contrast {ood['contrast']:g} (chosen: "
+        f"{ood['threshold']:.0f}):", "", *curve])
+
+
 def real_runs(root: Path) -> dict[str, dict]:
     return {path.stem.removeprefix("real_"): load(root, path.name, "benchmarks/results")
             for path in sorted((root / "benchmarks" / "results").glob("real_*.json"))}
@@ -628,9 +809,12 @@ def experiments_detail_markdown(root: Path) -> str:
 
 FILES: dict[str, list[Section]] = {
     "README.md": [(BEGIN, END, results_markdown),
-                  (EXP_SHOW_BEGIN, EXP_SHOW_END, exp_show_markdown),
+                  (SERVE_TABLE_BEGIN, SERVE_TABLE_END, serve_table_markdown),
+                  (OOD_BEGIN, OOD_END, ood_markdown),
                   (REAL_TABLE_BEGIN, REAL_TABLE_END, real_table_markdown),
                   (EXPERIMENTS_BEGIN, EXPERIMENTS_END, experiments_markdown)],
+    "docs/serving.md": [(OOD_CURVE_BEGIN, OOD_CURVE_END, ood_curve_markdown)],
+    "docs/dvc.md": [(EXP_SHOW_BEGIN, EXP_SHOW_END, exp_show_markdown)],
     "docs/real-data.md": [(REAL_BEGIN, REAL_END, real_markdown),
                           (EXPERIMENTS_DETAIL_BEGIN, EXPERIMENTS_DETAIL_END,
                            experiments_detail_markdown)],
@@ -638,7 +822,8 @@ FILES: dict[str, list[Section]] = {
                              (LOADER_BEGIN, LOADER_END, loader_markdown),
                              (TRAIN_BEGIN, TRAIN_END, train_markdown),
                              (DVC_BEGIN, DVC_END, dvc_markdown),
-                             (INFERENCE_BEGIN, INFERENCE_END, inference_markdown)],
+                             (INFERENCE_BEGIN, INFERENCE_END, inference_markdown),
+                             (SERVE_BEGIN, SERVE_END, serve_markdown)],
 }
 
 
