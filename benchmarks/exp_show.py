@@ -21,7 +21,7 @@ from medimg.io import write_json  # noqa: E402
 
 DVC = [sys.executable, "-m", "dvc"]
 COMMAND = ["exp", "show", "--only-changed"]
-COLUMNS = 200  # a wide terminal; rich cuts columns (…) that do not fit
+COLUMNS = 240  # a wide terminal; rich cuts columns (…) that do not fit
 
 
 def run(args: list[str], cwd: Path) -> str:

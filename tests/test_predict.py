@@ -120,3 +120,9 @@ def test_a_folder_is_decoded_and_classified_a_batch_at_a_time(model_dir, tmp_pat
     # Never more than a batch of decoded images waits: a folder of any size streams.
     assert events == ["decode"] * 3 + [3] + ["decode"] * 3 + [3] + ["decode", 1]
     assert len(pd.read_csv(tmp_path / "out.csv")) == 7
+
+
+def test_a_folder_without_a_model_is_a_one_line_error(tmp_path) -> None:
+    save(tmp_path / "x.png", picture(1, True))
+    with pytest.raises(SystemExit, match=f"--model {tmp_path}: no model.json"):
+        predict.main([str(tmp_path / "x.png"), "--model", str(tmp_path)])

@@ -125,6 +125,9 @@ def load_predictor(model_dir: Path, backend: str = "onnx",
     """The model in `model_dir` (a checkpoint folder or an ensemble folder) behind
     `backend` (onnx or torch; ONNX Runtime with or without its memory arena), with its
     out-of-distribution detector when it has one."""
+    if not any((model_dir / name).is_file() for name in (CONFIG_NAME, ENSEMBLE_NAME)):
+        raise SystemExit(f"--model {model_dir}: no {CONFIG_NAME} (or {ENSEMBLE_NAME}) there; "
+                         "train one with dvc repro, or point --model at a model folder")
     classifier = load_classifier(model_dir, backend, memory_arena=memory_arena)
     detector = None if isinstance(classifier, Ensemble) else OodDetector.load(model_dir)
     return Predictor(model_dir, classifier, detector,
