@@ -61,13 +61,12 @@ class Predictor:
         self.model_dir, self.classifier, self.detector = model_dir, classifier, detector
         self.identity = identity
         self.config = classifier.config
-        self.rules = self.config.get("decode") or self._no_rules()
+        if not self.config.get("decode"):  # an ensemble of old members has it as None
+            raise SystemExit(f"{model_dir / CONFIG_NAME}: no 'decode' section (max_pixels, "
+                             "min_side); retrain the model with this version (dvc repro train)")
+        self.rules = self.config["decode"]
         self._explainer: torch.nn.Module | None = None
         self._explainer_lock = threading.Lock()
-
-    def _no_rules(self) -> dict:
-        raise SystemExit(f"{self.model_dir / CONFIG_NAME}: no 'decode' section (max_pixels, "
-                         "min_side); retrain the model with this version (dvc repro train)")
 
     def decode(self, source: Source, name: str) -> list[Frame]:
         """The file's images resized to the model's input, one per frame; a file that
