@@ -113,8 +113,7 @@ function probabilityBar(className, probability, predicted) {
 
 function gradcamImage(entry, name) {
   const image = element("img", { className: "gradcam", testid: "gradcam" });
-  image.src = entry.gradcam.startsWith("data:")
-    ? entry.gradcam : `data:image/png;base64,${entry.gradcam}`;
+  image.src = `data:image/png;base64,${entry.gradcam}`;
   image.alt = `Grad-CAM overlay for ${name}: where the model looked to answer ${entry.predicted}`;
   return image;
 }
