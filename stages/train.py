@@ -23,6 +23,7 @@ from dvclive import Live
 from medimg.data import ArrayDataset, train_transform
 from medimg.devices import (
     close_distributed,
+    cpu_record,
     init_distributed,
     reproducible_cpu,
     resolve_device,
@@ -114,7 +115,10 @@ def write_metrics(best: Best, params: Params, history: list[dict]) -> None:
                         "stopped_early": len(history) < params.train.epochs,
                         # the epochs' training passes (not validation), resumed ones too
                         "training_seconds": round(sum(h["epoch_seconds"] for h in history),
-                                                  1)})
+                                                  1),
+                        # which kernels ran: weights that differ from a lock are explained by
+                        # comparing this with the report of the run that wrote the lock
+                        "cpu": cpu_record()})
     # "best": the monitored value under one name, so the column's width does not depend
     # on train.monitor (the metrics must fit a screen).
     write_json(METRICS, {"best_epoch": best.epoch, "best": round(best.value, 4)})

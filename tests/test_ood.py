@@ -1,4 +1,7 @@
+import os
 import shutil
+import subprocess
+import sys
 from itertools import pairwise
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import yaml
 import evaluate
 import ood
 from conftest import REPO, picture
+from medimg.devices import cpuinfo, is_x86_64
 from medimg.evaluation import acceptance_curve, ood_acceptance, ood_auroc
 from medimg.inference import load_classifier
 from medimg.ood import OodDetector, fit_detector
@@ -24,6 +28,7 @@ from medimg.references import (
 )
 
 WIDTH = 24  # feature dimension of the synthetic detectors
+HAS_AVX2 = is_x86_64() and "avx2" in cpuinfo().get("flags", "").split()
 
 
 def clusters(seed: int, count: int, centre: float) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +80,32 @@ def test_far_away_features_are_flagged_and_training_like_ones_accepted(
     assert not detector.accepts(far)[0]
     assert detector.score(far)[0] > detector.score(test).max()
     assert detector.accepts(natural(8, 100)).mean() <= 0.05
+
+
+# Fits a detector on features made without a matmul (NumPy's own matmul would already
+# differ between BLAS kernels) and prints the hash of what it stores and scores.
+FIT = """
+import hashlib
+import numpy as np
+from medimg.ood import Gaussian
+rng = np.random.default_rng(0)
+features = rng.normal(size=(300, 96)) * np.linspace(0.1, 3.0, 96)
+gaussian = Gaussian.fit(features, rng.integers(0, 2, 300), 8)
+parts = [*gaussian.arrays("g").values(), gaussian.distance(features)]
+print(hashlib.md5(b"".join(part.tobytes() for part in parts)).hexdigest())
+"""
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="OpenBLAS's Haswell kernels need AVX2")
+def test_the_detector_does_not_depend_on_which_blas_kernels_numpy_picked() -> None:
+    # NumPy's OpenBLAS chooses its kernels by CPU when it loads, too early for
+    # reproducible_cpu to pin; the detector's linear algebra runs in torch (MKL, pinned).
+    def fitted(core: str) -> str:
+        env = {**os.environ, "OPENBLAS_CORETYPE": core}
+        return subprocess.run([sys.executable, "-c", FIT], cwd=REPO / "stages", env=env,
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert fitted("Haswell") == fitted("Prescott")
 
 
 def test_a_model_folder_without_a_detector_has_none(tmp_path) -> None:

@@ -1,8 +1,10 @@
-"""Devices, mixed precision, GPU metrics and torch.distributed, in one place."""
+"""Devices, mixed precision, GPU metrics, torch.distributed, and the CPU pins that make
+weights the same on every x86_64 CPU with AVX2, in one place."""
 
 import os
 import platform
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -25,13 +27,61 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# Each CPU kernel family that picks its code by the CPU it runs on, capped at what every
+# x86_64 CPU with AVX2 runs, so that the sums are done in the same order on all of them.
+# Measured, and what each costs: docs/pipeline.md#reproducibility.
+CPU_PINS = {
+    "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN: convolutions (AVX-512 kernels round otherwise)
+    "ATEN_CPU_CAPABILITY": "avx2",  # PyTorch's own vectorised kernels
+    # MKL: matmuls and LAPACK. Its AVX2 branch is for Intel CPUs only (on AMD it falls back
+    # to the automatic one), so the branch both vendors run the same way is COMPATIBLE.
+    "MKL_CBWR": "COMPATIBLE",
+}
+# Instruction sets worth naming in a report: the ones that decide which kernels run.
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16",
+              "amx_tile")
+
+
+def is_x86_64() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
 def reproducible_cpu(threads: int) -> None:
-    """The same arithmetic on every x86_64 CPU: oneDNN capped at its AVX2 kernels (on an
-    AVX-512 machine it would pick others, whose sums round differently) and a fixed number
-    of threads. Takes effect only before the process's first convolution."""
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+    """The same arithmetic on every x86_64 CPU with AVX2: every kernel family capped by
+    CPU_PINS, and a fixed number of threads (a sum split over threads rounds differently).
+    Must run before the process's first tensor operation: PyTorch and MKL read the
+    variables once. A variable already set in the environment wins; `cpu_record` says
+    which values were in force."""
+    if is_x86_64():
+        for name, value in CPU_PINS.items():
+            os.environ.setdefault(name, value)
     torch.set_num_threads(threads)
+
+
+def cpuinfo() -> dict[str, str]:
+    """The first CPU's entries in /proc/cpuinfo ("model name", "vendor_id", "flags", ...);
+    empty off Linux."""
+    path = Path("/proc/cpuinfo")
+    entries: dict[str, str] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        key, _, value = line.partition(":")
+        entries.setdefault(key.strip(), value.strip())
+    return entries
+
+
+def cpu_record() -> dict:
+    """What decides the bytes a CPU run writes, for the train report: a lock that does not
+    reproduce elsewhere is explained by comparing two of these."""
+    info = cpuinfo()
+    flags = set(info.get("flags", "").split())
+    return {"machine": platform.machine(),
+            "vendor": info.get("vendor_id", ""),
+            "model": info.get("model name", platform.processor()),
+            "instruction_sets": [flag for flag in SIMD_FLAGS if flag in flags],
+            "threads": torch.get_num_threads(),
+            "pins": {name: os.environ.get(name) for name in CPU_PINS},
+            "aten_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__}
 
 
 def autocast(device: torch.device, bf16: bool) -> AbstractContextManager:

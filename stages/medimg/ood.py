@@ -31,6 +31,12 @@ CONFIG_NAME = "ood.json"
 PARTS = ("means", "components", "variances")
 
 
+def float64_tensor(array: np.ndarray) -> torch.Tensor:
+    """A C-ordered float64 copy: the matmul's result depends on its operands' memory
+    layout, so a reloaded detector must see the layout the fitted one did."""
+    return torch.tensor(np.ascontiguousarray(array, dtype=np.float64))
+
+
 @dataclass(frozen=True)
 class Gaussian:
     """Gaussians with these means and one shared covariance, in probabilistic-PCA form:
@@ -46,7 +52,10 @@ class Gaussian:
         groups = np.unique(labels)
         means = np.stack([features[labels == group].mean(axis=0) for group in groups])
         centred = features - means[np.searchsorted(groups, labels)]
-        _, singular, directions = np.linalg.svd(centred, full_matrices=False)
+        # torch's LAPACK (MKL) rather than NumPy's: medimg.devices.reproducible_cpu pins
+        # MKL's code path, while OpenBLAS picks its kernels by CPU once NumPy is loaded.
+        _, singular, directions = (np.ascontiguousarray(part) for part in torch.linalg.svd(
+            float64_tensor(centred), full_matrices=False))
         variances = singular ** 2 / len(features)
         k = min(components, len(variances) - 1)
         # The mean variance of the directions left out, over all of them (PPCA's estimate);
@@ -56,16 +65,18 @@ class Gaussian:
         return cls(means, directions[:k], np.maximum(variances[:k], noise), noise)
 
     def distance(self, features: np.ndarray) -> np.ndarray:
-        """Squared Mahalanobis distance of each row to the nearest mean."""
-        features = np.asarray(features, dtype=np.float64)
+        """Squared Mahalanobis distance of each row to the nearest mean (in torch, whose
+        kernels reproducible_cpu pins, as in `fit`)."""
+        features, components, variances = (float64_tensor(array) for array in (
+            features, self.components, self.variances))
         distances = []
-        for mean in self.means:
+        for mean in float64_tensor(self.means):
             centred = features - mean
-            along = centred @ self.components.T
-            rest = (centred ** 2).sum(axis=1) - (along ** 2).sum(axis=1)
-            distances.append((along ** 2 / self.variances).sum(axis=1)
-                             + np.maximum(rest, 0.0) / self.noise)
-        return np.min(distances, axis=0)
+            along = centred @ components.T
+            rest = (centred ** 2).sum(dim=1) - (along ** 2).sum(dim=1)
+            distances.append((along ** 2 / variances).sum(dim=1)
+                             + rest.clamp(min=0.0) / self.noise)
+        return torch.stack(distances).min(dim=0).values.numpy()
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
         return {f"{prefix}.{part}": getattr(self, part) for part in PARTS}
