@@ -49,6 +49,7 @@ OOD_CURVE_BEGIN, OOD_CURVE_END = markers("ood-curve")
 EXPERIMENTS_BEGIN, EXPERIMENTS_END = markers("task-b-experiments")
 EXPERIMENTS_DETAIL_BEGIN, EXPERIMENTS_DETAIL_END = markers("task-b-experiments-detail")
 EXPERIMENTS_FILE = "b_tumours_experiments.json"
+CPU_PINS_BEGIN, CPU_PINS_END = markers("cpu-pins")
 # The original notebook's reported figures (see ../shared/research/data-and-weights.md).
 ORIGINAL = {"images": "3,264 MRI + 10,000 histopathology", "test_n": 1955, "test_errors": 0}
 # Task: (baseline run, leaky run, what differs).
@@ -389,6 +390,47 @@ def inference_markdown(root: Path) -> str:
         row = bench[name]
         lines.append(f"| {label} | {row['images_per_second_batch32']} | "
                      f"{row['latency_ms_p50_batch1']} | {row['latency_ms_p95_batch1']} |")
+    return "\n".join(lines)
+
+
+def pinned_variant(name: str, unpinned: dict) -> str:
+    """'all but MKL_CBWR' -> 'all but MKL's (`MKL_CBWR=` unset)', in words."""
+    if not name.startswith("all but "):
+        return name
+    variable = name.removeprefix("all but ")
+    return f"all but `{variable}` (`{variable}={unpinned[variable]}`)"
+
+
+def cpu_pins_markdown(root: Path) -> str:
+    bench = load(root, "cpu_pins.json", "benchmarks/results")
+    machine = bench["machine"]
+    reference = bench["native"]["all pins"]["md5"][0]
+    lines = [f"`{bench['command']}` on an {machine['model']} ({machine['vendor']}; AVX-512 "
+             f"{'yes' if machine['avx512f'] else 'no'}; {machine['cores']} cores; PyTorch's "
+             f"kernels left alone pick `{machine['natural_aten_capability']}`): the train "
+             f"stage, default params, {bench['repeats']} runs of each variant, interleaved.",
+             "", "| kernels | train stage, s (mean) | the pin costs, s | weights md5 | "
+             "same weights as with all pins |", "|---|---|---|---|---|"]
+    for name, row in bench["native"].items():
+        cost = row.get("pin_costs_seconds")
+        lines.append(f"| {pinned_variant(name, bench['unpinned'])} | {row['mean_seconds']} | "
+                     f"{'' if cost is None else f'{cost:+.1f}'} | "
+                     f"{', '.join(md5[:8] for md5 in row['md5'])} | "
+                     f"{'yes' if row['same_weights_as_all_pins'] else 'no'} |")
+    if bench["intel_mkl_branches"]:
+        lines += ["", f"MKL's Intel branches on the same hardware ({bench['intel_mkl_note']}):",
+                  "", "| MKL branch | weights md5 | same weights as with all pins |",
+                  "|---|---|---|"]
+        lines += [f"| {name} | {row['md5'][0][:8]} | "
+                  f"{'yes' if row['same_weights_as_all_pins'] else 'no'} |"
+                  for name, row in bench["intel_mkl_branches"].items()]
+    if bench["qemu_probe"]:
+        lines += ["", "Three training steps under qemu-x86_64 (emulated CPUs, compared with "
+                  "each other only), md5 of the weights after them:", "",
+                  "| emulated CPU, kernels | md5 |", "|---|---|"]
+        lines += [f"| {name} | {md5[:8]} |" for name, md5 in bench["qemu_probe"].items()]
+    lines += ["", f"Weights with all pins: `{reference}`; whole run "
+              f"{bench['wall_seconds'] / 60:.0f} minutes."]
     return "\n".join(lines)
 
 
@@ -815,6 +857,7 @@ FILES: dict[str, list[Section]] = {
                   (EXPERIMENTS_BEGIN, EXPERIMENTS_END, experiments_markdown)],
     "docs/serving.md": [(OOD_CURVE_BEGIN, OOD_CURVE_END, ood_curve_markdown)],
     "docs/dvc.md": [(EXP_SHOW_BEGIN, EXP_SHOW_END, exp_show_markdown)],
+    "docs/pipeline.md": [(CPU_PINS_BEGIN, CPU_PINS_END, cpu_pins_markdown)],
     "docs/real-data.md": [(REAL_BEGIN, REAL_END, real_markdown),
                           (EXPERIMENTS_DETAIL_BEGIN, EXPERIMENTS_DETAIL_END,
                            experiments_detail_markdown)],
