@@ -12,13 +12,12 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from skimage import data
 
-from conftest import REPO, TINY_CLASSES, Pictures, picture, png, serve_py
+from conftest import CHROMIUM, REPO, TINY_CLASSES, Pictures, picture, png, serve_py
 from medimg.data import resize_square
 from medimg.inference import load_classifier
 from medimg.io import atomic_path
 from medimg.ood import fit_detector
 
-CHROMIUM = Path("/usr/bin/chromium")
 # Offline and quiet: no sandbox (CI runs as root), no GPU, no calls home.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
