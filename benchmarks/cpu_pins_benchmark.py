@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "stages"))
 
 from medimg.devices import CPU_PINS, cpuinfo  # noqa: E402
 from medimg.io import write_json  # noqa: E402
@@ -47,9 +46,8 @@ QEMU_CPUS = ("Haswell", "EPYC-Rome")
 PROBE = """
 import hashlib, sys
 import numpy as np, torch
-sys.path.insert(0, "stages")
 from medimg.devices import reproducible_cpu
-from medimg.models import create_model
+from medimg.training.models import create_model
 reproducible_cpu(2)
 torch.manual_seed(0)
 torch.use_deterministic_algorithms(True, warn_only=True)

@@ -7,7 +7,7 @@ the Brain Tumor MRI set beside the stage as it was before edited copies were sea
 (commit BASELINE, best of three alternating runs each) and on 20,000 generated small
 PNGs, each beside a plain single-process MD5 loop over the same files; the removals that
 the edited-copy search adds on the MRI set; seeded edited copies of MRI images planted
-among the real ones (benchmarks/edits.py), and per edit how many were removed as copies
+among the real ones (medimg/data/synthetic_edits.py), and per edit how many were removed as copies
 of their own original and how many at least share its split group; the near-duplicate
 index on 300,000 random 64-bit hashes and the view index for 300,000 images, each with
 planted near pairs that must all be found; and the split report of the MRI set with its
@@ -33,12 +33,10 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "stages"))
-sys.path.insert(0, str(REPO))
 
-from benchmarks.edits import EDITS  # noqa: E402
-from medimg.catalog import similarity_report  # noqa: E402
-from medimg.perceptual import near_pairs, near_pairs_between  # noqa: E402
+from medimg.data.catalog import similarity_report  # noqa: E402
+from medimg.data.perceptual import near_pairs, near_pairs_between  # noqa: E402
+from medimg.data.synthetic_edits import EDITS  # noqa: E402
 
 MRI_CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 BASELINE = "4ac2b47"  # main before the edited-copy search

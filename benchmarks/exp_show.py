@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "stages"))
 
 from medimg.io import write_json  # noqa: E402
 

@@ -27,12 +27,15 @@ import onnxruntime
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "stages"))
 
-from export import export_onnx  # noqa: E402
-from medimg.inference import ONNX_NAME, Classifier, load_classifier  # noqa: E402
-from medimg.models import create_model, normalisation, save_checkpoint  # noqa: E402
+from medimg.inference import (  # noqa: E402
+    ONNX_NAME,
+    Classifier,
+    export_onnx,
+    load_classifier,
+)
 from medimg.params import load_params  # noqa: E402
+from medimg.training.models import create_model, normalisation, save_checkpoint  # noqa: E402
 
 
 def figures(classifier: Classifier, size: int, repeats: int) -> dict:

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -24,10 +23,10 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "stages"))
 
-from medimg.data import ArrayDataset, FileDataset, prepare_image, train_transform  # noqa: E402
+from medimg.data.prepared import prepare_image  # noqa: E402
 from medimg.params import AugmentParams  # noqa: E402
+from medimg.training.datasets import ArrayDataset, FileDataset, train_transform  # noqa: E402
 
 
 def epoch_rate(dataset: Dataset, workers: int) -> float:

@@ -30,16 +30,15 @@ import timm
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "stages"))
 
-from evaluate import ood_figures, ood_headline, reference_features  # noqa: E402
+from medimg.data.hashing import file_sha256  # noqa: E402
 from medimg.devices import reproducible_cpu  # noqa: E402
-from medimg.hashing import file_sha256  # noqa: E402
+from medimg.evaluation.ood import fit_detector  # noqa: E402
+from medimg.evaluation.ood_figures import ood_figures, ood_headline, reference_features  # noqa: E402
+from medimg.evaluation.references import model_inputs, outlier_exposure  # noqa: E402
 from medimg.inference import Classifier, load_classifier  # noqa: E402
 from medimg.io import read_json, write_json  # noqa: E402
-from medimg.ood import fit_detector  # noqa: E402
 from medimg.params import Params, load_params  # noqa: E402
-from medimg.references import model_inputs, outlier_exposure  # noqa: E402
 
 MODEL_DIR = REPO / "models"
 PREPARED = REPO / "data/prepared"

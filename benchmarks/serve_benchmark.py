@@ -3,7 +3,7 @@
     python benchmarks/serve_benchmark.py [--model models] [--duration 20] [--warmup 2]
         [--max-wait-ms 2] [--memory-requests 10000] [--offline-seconds 10]
 
-`stages/serve.py` runs as a subprocess twice: with dynamic batching (--max-batch 32) and
+`medimg serve` runs as a subprocess twice: with dynamic batching (--max-batch 32) and
 without (--max-batch 1). Closed-loop clients at concurrency 1, 8 and 32 each send one real
 image from data/sample per request (multipart field `file`) over their own keep-alive
 connection for a fixed time, after a warm-up. Throughput counts successful requests (status
@@ -42,11 +42,10 @@ import onnxruntime
 import uvicorn
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "stages"))
 
-from medimg.images import is_image_name  # noqa: E402
+from medimg.data.images import is_image_name  # noqa: E402
 from medimg.io import write_json  # noqa: E402
-from medimg.predictor import load_predictor  # noqa: E402
+from medimg.serving.predictor import load_predictor  # noqa: E402
 
 HOST = "127.0.0.1"
 BOUNDARY = "serve-benchmark-boundary"
@@ -235,7 +234,7 @@ def wait_ready(process: subprocess.Popen, port: int, log: Path) -> dict:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"stages/serve.py exited with {process.returncode} before "
+            raise SystemExit(f"medimg serve exited with {process.returncode} before "
                              f"/readyz; its log:\n{log.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(f"http://{HOST}:{port}/readyz", timeout=5) as answer:
@@ -243,14 +242,15 @@ def wait_ready(process: subprocess.Popen, port: int, log: Path) -> dict:
         except OSError:  # refused while starting, or 503 until the model is warm
             pass
         time.sleep(0.5)
-    raise SystemExit(f"stages/serve.py not ready after {READY_TIMEOUT_S:.0f} s; log: {log}")
+    raise SystemExit(f"medimg serve not ready after {READY_TIMEOUT_S:.0f} s; log: {log}")
 
 
 @contextmanager
 def served(args: argparse.Namespace, max_batch: int) -> Iterator[tuple[int, int, dict]]:
-    """(pid, port, /readyz answer) of stages/serve.py running with MAX_BATCH; stopped after."""
+    """(pid, port, /readyz answer) of `medimg serve` running with MAX_BATCH; stopped
+    after."""
     port = free_port()
-    command = [sys.executable, str(REPO / "stages/serve.py"), "--model", str(args.model),
+    command = [sys.executable, "-m", "medimg", "serve", "--model", str(args.model),
                "--backend", "onnx", "--host", HOST, "--port", str(port),
                "--max-batch", str(max_batch), "--max-wait-ms", str(args.max_wait_ms)]
     with tempfile.TemporaryDirectory() as scratch:

@@ -14,7 +14,7 @@ bf16 + channels_last + torch.compile, and each is followed by two measurements w
 same model, optimiser and (compiled) module that show what limits the loop:
 
 - `gpu_augment_images_per_second`: one epoch of the loop's own step on batches augmented
-  on the GPU (benchmarks/gpu/augment.py) from uint8 images resident on the device, so no
+  on the GPU (medimg/training/gpu_augment.py) from uint8 images resident on the device, so no
   loader process is involved;
 - `gpu_only_images_per_second`: the step repeated on one augmented batch already on the
   device: the GPU's own ceiling for this model, configuration and batch.
@@ -41,14 +41,12 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "stages"))
-sys.path.insert(0, str(REPO / "benchmarks" / "gpu"))
 
-from medimg.data import ArrayDataset, train_transform  # noqa: E402
 from medimg.devices import resolve_device  # noqa: E402
-from medimg.models import create_model, normalisation  # noqa: E402
 from medimg.params import load_params  # noqa: E402
-from medimg.training import (  # noqa: E402
+from medimg.training.datasets import ArrayDataset, train_transform  # noqa: E402
+from medimg.training.models import create_model, normalisation  # noqa: E402
+from medimg.training.trainer import (  # noqa: E402
     EpochLog,
     Trainer,
     seed_everything,
@@ -110,7 +108,7 @@ def gpu_augment_rate(loop: Trainer, module: torch.nn.Module, pixels: torch.Tenso
                      labels: torch.Tensor, size: int) -> float:
     """Images per second of one epoch of the loop's step on batches augmented on the GPU
     from the uint8 images in `pixels` (resident on the device)."""
-    from augment import GpuAugment
+    from medimg.training.gpu_augment import GpuAugment
 
     batch = loop.params.batch_size
     layout = input_layout(loop)

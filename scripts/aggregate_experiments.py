@@ -23,12 +23,9 @@ import numpy as np
 import yaml
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
-
-from medimg.evaluation import HEADLINE, HIGH, LOW
+from medimg.evaluation.scores import HEADLINE, HIGH, LOW
 from medimg.io import write_json
-from scripts.reference_docs import flatten
+from medimg.params import flatten
 
 METRICS_FILE = "metrics/evaluate.json"
 PARAMS_FILE = "params.yaml"

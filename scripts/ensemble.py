@@ -6,7 +6,7 @@
 Members come from DVC experiments or commits (`--rev`: their models/model.safetensors and
 models/model.json, read through dvc.api from DVC's cache) or from model folders
 (`--model`). OUT_DIR gets one folder per member and ensemble.json, so that
-`stages/predict.py --model OUT_DIR` uses the ensemble like one model. Every member and the
+`medimg predict --model OUT_DIR` uses the ensemble like one model. Every member and the
 ensemble (with `--tta` also over each image's flips) are then scored on the workspace's
 prepared test split: the same images for all, so the ensemble's gain over the best member
 is a paired difference with its own interval. The test split must be one none of the
@@ -23,14 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
-
-from medimg.evaluation import full_metrics, headline, paired_difference_interval
+from medimg.evaluation.metrics import accuracy, macro_f1
+from medimg.evaluation.scores import full_metrics, headline, paired_difference_interval
 from medimg.inference import ENSEMBLE_NAME, Ensemble, load_classifier
 from medimg.io import atomic_dir, write_json
-from medimg.metrics import accuracy, macro_f1
-from medimg.models import CONFIG_NAME, WEIGHTS_NAME
 from medimg.params import load_params
+from medimg.training.models import CONFIG_NAME, WEIGHTS_NAME
 
 MODEL_DIR = "models"
 TEST = Path("data/prepared")

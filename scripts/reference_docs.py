@@ -18,9 +18,8 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scripts.results_table import Section, markers, update_files
+from medimg.docs import Section, markers, update_files
+from medimg.params import flatten
 
 PARAMETERS_BEGIN, PARAMETERS_END = markers("parameters")
 STAGES_BEGIN, STAGES_END = markers("stages")
@@ -44,17 +43,6 @@ class ParamSection:
     name: str
     comment: list[str]
     blocks: list[Block] = field(default_factory=list)
-
-
-def flatten(mapping: dict, prefix: str = "") -> dict[str, object]:
-    """The leaves of a nested mapping by dotted name."""
-    leaves: dict[str, object] = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            leaves.update(flatten(value, f"{prefix}{key}."))
-        else:
-            leaves[f"{prefix}{key}"] = value
-    return leaves
 
 
 def param_sections(text: str) -> list[ParamSection]:
@@ -125,12 +113,13 @@ def parameters_markdown(root: Path) -> str:
 
 
 def code_files(deps: list[str]) -> str:
-    """The stage's scripts, with the shared modules of stages/medimg/ by name."""
+    """The stage's scripts, with the package's modules by name (data/walk, io, ...)."""
     scripts = [f"`{dep}`" for dep in deps if dep.endswith(".py")
-               and not dep.startswith("stages/medimg/")]
-    shared = [Path(dep).stem for dep in deps if dep.startswith("stages/medimg/")]
+               and not dep.startswith("medimg/")]
+    shared = sorted(dep.removeprefix("medimg/").removesuffix(".py") for dep in deps
+                    if dep.startswith("medimg/"))
     if shared:
-        scripts.append("`stages/medimg/`: " + ", ".join(shared))
+        scripts.append("`medimg/`: " + ", ".join(shared))
     return "; ".join(scripts)
 
 

@@ -12,25 +12,14 @@ which function writes which section of which file.
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
-
-from medimg.evaluation import difference_interval, wilson_interval
-from medimg.metrics import accuracy, macro_f1
-
-# (begin, end, function of the repository root that writes what goes between them)
-Section = tuple[str, str, Callable[[Path], str]]
-
-
-def markers(name: str) -> tuple[str, str]:
-    """The comments that open and close the generated section NAME."""
-    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-
+from medimg.docs import Section, markers, update_files
+from medimg.evaluation.metrics import accuracy, macro_f1
+from medimg.evaluation.scores import difference_interval, wilson_interval
 
 BEGIN, END = markers("results")
 REAL_TABLE_BEGIN, REAL_TABLE_END = markers("real-table")
@@ -127,7 +116,7 @@ def dedup_markdown(root: Path) -> str:
         f"The {len(mri['new_removals'])} removals the edited-copy search adds are listed in "
         "`benchmarks/results/dedup.json` (`new_removals`).",
         "",
-        "Edited copies planted among the real images (`benchmarks/edits.py`, "
+        "Edited copies planted among the real images (`medimg/data/synthetic_edits.py`, "
         f"{bench['planted_edits']['per_edit']} per edit, each of a different original, seed "
         f"{bench['planted_edits']['seed']}):",
         "",
@@ -868,44 +857,6 @@ FILES: dict[str, list[Section]] = {
                              (INFERENCE_BEGIN, INFERENCE_END, inference_markdown),
                              (SERVE_BEGIN, SERVE_END, serve_markdown)],
 }
-
-
-def with_section(text: str, begin: str, end: str, body: str) -> str:
-    """TEXT with what lies between BEGIN and END (each exactly once, in that order)
-    replaced by BODY."""
-    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
-        raise ValueError(f"expected one {begin} followed by one {end}")
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    return f"{head}{begin}\n{body}\n{end}{tail}"
-
-
-def update_files(root: Path, files: dict[str, list[Section]], check: bool,
-                 command: str) -> int:
-    """Rewrite the generated sections of FILES under ROOT, or with CHECK only compare them.
-    Returns the exit status: 1, naming each file, when a file is out of date (CHECK) or a
-    file or marker is missing; else 0."""
-    stale = []
-    for name, sections in files.items():
-        path = root / name
-        try:
-            text = path.read_text(encoding="utf-8")
-            updated = text
-            for begin, end, write in sections:
-                updated = with_section(updated, begin, end, write(root))
-        except (OSError, ValueError) as error:
-            print(f"{name}: {error}")
-            return 1
-        if updated != text:
-            stale.append(name)
-            if not check:
-                path.write_text(updated, encoding="utf-8")
-                print(f"rewrote {name}")
-    if check and stale:
-        for name in stale:
-            print(f"{name} is out of date: run {command}")
-        return 1
-    return 0
 
 
 def main() -> int:

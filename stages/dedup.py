@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medimg.catalog import (
+from medimg.data.catalog import (
     Thresholds,
     assign_groups,
     deduplicate,
@@ -26,10 +26,10 @@ from medimg.catalog import (
     similarity_groups,
     similarity_report,
 )
-from medimg.contact import Tile, write_sheets
+from medimg.data.contact import Tile, write_sheets
+from medimg.data.walk import DatasetError, walk_dataset
 from medimg.io import write_csv, write_json, write_npy
 from medimg.params import DataParams, DedupParams, load_params
-from medimg.walk import DatasetError, walk_dataset
 
 OUT_DIR = Path("data/dedup")
 METRICS = Path("metrics/dedup.json")  # headline figures: the DVC metric

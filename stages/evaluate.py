@@ -14,28 +14,26 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from medimg import plots
-from medimg.data import prepare_image
+from medimg.data.images import ImageError
+from medimg.data.prepared import prepare_image
+from medimg.data.walk import walk_dataset
 from medimg.devices import reproducible_cpu, resolve_device
-from medimg.evaluation import (
-    acceptance_curve,
+from medimg.evaluation import plots
+from medimg.evaluation.gradcam import grad_cam, overlay
+from medimg.evaluation.ood import OodDetector
+from medimg.evaluation.ood_figures import ood_figures, ood_headline, reference_features
+from medimg.evaluation.report import markdown, summary_table
+from medimg.evaluation.scores import (
     error_analysis,
     full_metrics,
     headline,
     image_statistics,
     ood_acceptance,
-    ood_auroc,
     shortcut_scores,
 )
-from medimg.gradcam import grad_cam, overlay
-from medimg.images import ImageError
 from medimg.inference import Classifier, as_tensor, load_classifier, normalise
 from medimg.io import atomic_path, write_csv, write_json
-from medimg.ood import OodDetector
 from medimg.params import Params, load_params
-from medimg.references import everyday, external_mri, model_inputs, other_modalities, source_file
-from medimg.report import markdown, summary_table
-from medimg.walk import walk_dataset
 
 PREPARED = Path("data/prepared")
 MODEL_DIR = Path("models")
@@ -44,7 +42,6 @@ METRICS = Path("metrics/evaluate.json")  # headline figures: the DVC metric
 PREDICTIONS = Path("metrics/predictions.csv")
 REPORT_DIR = Path("metrics/report")
 PLOTS = Path("plots/evaluate")
-CURVE_POINTS = 41  # thresholds of the out-of-distribution trade-off curve
 
 
 def shortcut(parts: dict[str, pd.DataFrame], arrays: dict[str, np.ndarray],
@@ -85,47 +82,12 @@ def external(params: Params, classifier: Classifier, detector: OodDetector | Non
     return {**result, "rejected": rejected, "ignored": len(walk.ignored)}
 
 
-def reference_features(classifier: Classifier,
-                       batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-    """The network's features of each packaged reference set, and the package files each
-    set's images came from."""
-    references = {"external": external_mri(), "everyday": everyday(),
-                  "other_modalities": other_modalities()}
-    features = {name: classifier.predict_with_features(model_inputs(images, classifier.config),
-                                                       batch_size)[1]
-                for name, images in references.items()}
-    sources = {name: sorted({source_file(n) for n in images})
-               for name, images in references.items()}
-    return features, sources
-
-
-def ood_figures(detector: OodDetector, features: dict[str, np.ndarray]) -> dict:
-    """The detector on named sets of features (the test split first, then the reference
-    sets): what it accepts, how well it ranks, and the trade-off over thresholds."""
-    scores = {name: detector.score(values) for name, values in features.items()}
-    return {"threshold": detector.threshold, "contrast": detector.contrast,
-            "sets": ood_acceptance(scores, detector.threshold),
-            "auroc": {f"{outside}_vs_{inside}": ood_auroc(scores[inside], scores[outside])
-                      for outside in ("everyday", "other_modalities")
-                      for inside in ("test", "external")},
-            "curve": acceptance_curve(scores, CURVE_POINTS)}
-
-
 def out_of_distribution(classifier: Classifier, detector: OodDetector,
                         test_features: np.ndarray, batch_size: int) -> dict:
     """The detector on the test split and the packaged reference sets, and where the
     reference images came from."""
     references, sources = reference_features(classifier, batch_size)
     return {**ood_figures(detector, {"test": test_features, **references}), "sources": sources}
-
-
-def ood_headline(ood: dict) -> dict[str, float]:
-    """The figures the acceptance goals name: shares of everyday photographs flagged, and
-    of the test split and the external MRI accepted (the rest is in report.json)."""
-    sets = ood["sets"]
-    return {"ood_flagged": round(1.0 - sets["everyday"]["accepted"], 4),
-            "ood_test": round(sets["test"]["accepted"], 4),
-            "ood_external": round(sets["external"]["accepted"], 4)}
 
 
 def gradcam_overlays(classifier: Classifier, part: pd.DataFrame, pixels: np.ndarray,

@@ -11,12 +11,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pandas as pd
-import torch
 
 from medimg.devices import reproducible_cpu
-from medimg.inference import ONNX_NAME, ONNX_SIDECAR, Classifier, WithFeatures, load_classifier
+from medimg.inference import ONNX_NAME, ONNX_SIDECAR, export_onnx, load_classifier
 from medimg.io import atomic_path, write_json
 from medimg.params import load_params
 
@@ -24,23 +22,6 @@ MODEL_DIR = Path("models")
 INT8_DIR = MODEL_DIR / "int8"  # a folder, so the output exists when int8 is off
 PREPARED = Path("data/prepared")
 REPORT = Path("metrics/report/export.json")
-
-
-def export_onnx(classifier: Classifier, target: Path, opset: int) -> None:
-    size = classifier.config["image_size"]
-    example = torch.zeros(2, 3, size, size)
-    with atomic_path(target) as tmp:
-        torch.onnx.export(WithFeatures(classifier.backend.model).eval(), (example,), str(tmp),
-                          input_names=["image"], output_names=["logits", "features"],
-                          opset_version=opset, dynamo=True,
-                          dynamic_shapes=({0: torch.export.Dim("batch")},),
-                          external_data=False, verbose=False)
-        # The exporter stores stack traces with absolute source paths on every node: drop
-        # them, so the same weights give the same file wherever the project lives.
-        graph = onnx.load(str(tmp))
-        for node in graph.graph.node:
-            del node.metadata_props[:]
-        onnx.save(graph, str(tmp))
 
 
 def sidecar(config: dict) -> dict:

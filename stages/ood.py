@@ -3,8 +3,8 @@ features and store it beside the model, where predict and the service find it.
 
 Reads models/model.* and the prepared train and validation splits; draws the
 outlier-exposure images from packaged photographs, graphics and text
-(`medimg.references.outlier_exposure`). Writes models/ood.safetensors + models/ood.json
-(`medimg.ood.OodDetector`) and metrics/report/ood.json (how it was fitted and where its
+(`medimg.evaluation.references.outlier_exposure`). Writes models/ood.safetensors + models/ood.json
+(`medimg.evaluation.ood.OodDetector`) and metrics/report/ood.json (how it was fitted and where its
 threshold lies).
 """
 
@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 
 from medimg.devices import reproducible_cpu
+from medimg.evaluation.ood import fit_detector
+from medimg.evaluation.references import model_inputs, outlier_exposure, source_file
 from medimg.inference import Classifier, load_classifier
 from medimg.io import write_json
-from medimg.ood import fit_detector
 from medimg.params import load_params
-from medimg.references import model_inputs, outlier_exposure, source_file
 
 PREPARED = Path("data/prepared")
 MODEL_DIR = Path("models")

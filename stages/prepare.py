@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medimg.data import prepare_image
+from medimg.data.prepared import prepare_image
+from medimg.data.splitting import SPLITS
 from medimg.io import atomic_dir
 from medimg.params import load_params
-from medimg.splitting import SPLITS
 
 SPLIT = Path("data/split/split.csv")
 OUT_DIR = Path("data/prepared")

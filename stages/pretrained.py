@@ -4,14 +4,14 @@ network access is needed."""
 
 from importlib.metadata import version
 
-from medimg.models import (
+from medimg.params import load_params
+from medimg.training.models import (
     PACKAGED,
     convert_packaged,
     packaged_source,
     packaged_weights,
     save_weights,
 )
-from medimg.params import load_params
 
 
 def main() -> None:

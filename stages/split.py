@@ -16,10 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medimg.contact import Tile, write_sheets
-from medimg.io import write_csv, write_json
-from medimg.params import load_params
-from medimg.splitting import (
+from medimg.data.contact import Tile, write_sheets
+from medimg.data.splitting import (
     EXCLUDED,
     SPLITS,
     assign_splits,
@@ -27,6 +25,8 @@ from medimg.splitting import (
     closest_pairs,
     leakage,
 )
+from medimg.io import write_csv, write_json
+from medimg.params import load_params
 
 DEDUP = Path("data/dedup")
 OUT_DIR = Path("data/split")

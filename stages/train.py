@@ -20,7 +20,7 @@ import timm
 import torch
 from dvclive import Live
 
-from medimg.data import ArrayDataset, train_transform
+from medimg.data.hashing import file_sha256
 from medimg.devices import (
     close_distributed,
     cpu_record,
@@ -28,11 +28,18 @@ from medimg.devices import (
     reproducible_cpu,
     resolve_device,
 )
-from medimg.hashing import file_sha256
 from medimg.io import write_json
-from medimg.models import create_model, normalisation, save_checkpoint
 from medimg.params import Params, load_params
-from medimg.training import Best, EpochLog, Interrupted, Trainer, fingerprint, seed_everything
+from medimg.training.datasets import ArrayDataset, train_transform
+from medimg.training.models import create_model, normalisation, save_checkpoint
+from medimg.training.trainer import (
+    Best,
+    EpochLog,
+    Interrupted,
+    Trainer,
+    fingerprint,
+    seed_everything,
+)
 
 PREPARED = Path("data/prepared")
 MODEL_DIR = Path("models")

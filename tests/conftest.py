@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-# Reproducibility across machines (tests/test_e2e.py; the README states the same): the CPU
+# Reproducibility across machines (tests/pipeline/test_e2e.py; the README states the same): the CPU
 # vendors on which a fresh clone was verified natively to write the committed dvc.lock's
 # bytes, and how far the headline figures may move on any other CPU. The out-of-
 # distribution shares move most: one last-bit change of the weights moved them by 0.105.
@@ -72,9 +72,9 @@ class Pictures(Dataset):
 def train_tiny_model(folder: Path, **decode: int) -> Path:
     """timm's tiny test model trained to tell red pictures from grey ones, saved as the
     train stage saves a checkpoint (decoding rules from params.yaml unless given)."""
-    from medimg.models import create_model, normalisation, save_checkpoint
     from medimg.params import load_params
-    from medimg.training import Trainer, seed_everything
+    from medimg.training.models import create_model, normalisation, save_checkpoint
+    from medimg.training.trainer import Trainer, seed_everything
 
     params = load_params(REPO / "params.yaml")
     seed_everything(0)
@@ -120,10 +120,10 @@ def wait_ready(client: httpx.Client) -> dict:
 
 @contextmanager
 def serve_py(model_dir: Path, log: Path, *options: str) -> Iterator[str]:
-    """`stages/serve.py` in a process of its own on a free loopback port, until /readyz
+    """`medimg serve` in a process of its own on a free loopback port, until /readyz
     says ready; yields its URL, and stops it afterwards. Its output goes to `log`."""
     port = free_port()
-    command = [sys.executable, str(REPO / "stages/serve.py"), "--model", str(model_dir),
+    command = [sys.executable, "-m", "medimg", "serve", "--model", str(model_dir),
                "--port", str(port), *options]
     with log.open("w") as output:
         server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)

@@ -41,10 +41,9 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "stages"))
 
 from medimg.inference import Classifier, TorchBackend, load_classifier  # noqa: E402
-from medimg.models import PACKAGED_WEIGHTS  # noqa: E402
+from medimg.training.models import PACKAGED_WEIGHTS  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 # PyTorch's peak, then what dvclive's system monitor reads from NVML.

@@ -1,10 +1,10 @@
 """Seeds, folds, a recipe search and other architectures on real data, as DVC experiments.
 
-    python benchmarks/real/experiments.py setup PLAN [--data DIR]
-    python benchmarks/real/experiments.py queue PLAN search   # queues, starts the queue
-    python benchmarks/real/experiments.py queue PLAN final    # after the search finished
-    python benchmarks/real/experiments.py queue PLAN restart  # if the queue's worker stopped
-    python benchmarks/real/experiments.py collect PLAN         # after the final runs
+    python -m benchmarks.real.experiments setup PLAN [--data DIR]
+    python -m benchmarks.real.experiments queue PLAN search   # queues, starts the queue
+    python -m benchmarks.real.experiments queue PLAN final    # after the search finished
+    python -m benchmarks.real.experiments queue PLAN restart  # if the queue's worker stopped
+    python -m benchmarks.real.experiments collect PLAN         # after the final runs
 
 PLAN is a plan file in benchmarks/real/plans/ without its suffix (b_tumours_experiments).
 `setup` clones this repository's last commit into benchmarks/real/work/PLAN/, sets its
@@ -34,8 +34,6 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "stages"))
 
 from benchmarks.real.run import (  # noqa: E402
     VIEWS,
@@ -46,7 +44,7 @@ from benchmarks.real.run import (  # noqa: E402
     read_yaml,
     run_spec,
 )
-from medimg.evaluation import full_metrics, headline  # noqa: E402
+from medimg.evaluation.scores import full_metrics, headline  # noqa: E402
 from medimg.io import read_json, write_json  # noqa: E402
 from medimg.params import load_params  # noqa: E402
 from scripts import aggregate_experiments as aggregate  # noqa: E402
@@ -240,7 +238,7 @@ def collect(plan: str, spec: dict, work: Path) -> Path:
                 for r in records if r["name"] in log]
     result = {
         "plan": plan, "run": spec["run"],
-        "command": f"python benchmarks/real/experiments.py collect {plan}",
+        "command": f"python -m benchmarks.real.experiments collect {plan}",
         "date": datetime.now(UTC).strftime("%Y-%m-%d"), "hardware": hardware(),
         "baseline_params": {key: getattr(params, key).model_dump()
                             for key in ("dedup", "split", "prepare", "model", "train")},

@@ -29,7 +29,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO / "stages"))
 
 from medimg.io import read_json, write_json  # noqa: E402
 from medimg.params import load_params  # noqa: E402

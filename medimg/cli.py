@@ -1,0 +1,25 @@
+"""The programs that use a trained model outside the pipeline, as one console command:
+
+    medimg predict PATH... [options]   classify image files (medimg.serving.predict)
+    medimg serve [options]             the web service and its page (medimg.serving.serve)
+
+`pip install -r requirements.txt` installs it (also `python -m medimg`); `medimg predict
+--help` and `medimg serve --help` list the options.
+"""
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command, options = (argv[0], argv[1:]) if argv else ("", [])
+    # Imported on demand: predict need not load the web stack.
+    if command == "predict":
+        from medimg.serving import predict
+        return predict.main(options)
+    if command == "serve":
+        from medimg.serving import serve
+        serve.run(options)
+        return 0
+    print(__doc__.strip(), file=sys.stderr)
+    return 0 if command in ("-h", "--help") else 2

@@ -1,0 +1,427 @@
+"""Hash and decode every file of a walked dataset (`medimg.data.walk`), and find duplicates.
+
+Every file under the raw folder ends in exactly one table: kept (the catalog),
+duplicate, conflict, rejected or ignored, so nothing is silently lost.
+"""
+
+import multiprocessing
+import re
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from medimg.data.edits import (
+    FRAME,
+    ORIENTATIONS,
+    PLAIN,
+    QUERY_VIEWS,
+    TURNED_HAMMING,
+    ViewHashes,
+    Views,
+    check_pair,
+    reduce_grey,
+    view_hashes,
+)
+from medimg.data.hashing import file_sha256, pixel_sha256
+from medimg.data.images import ImageError, check_min_side, load_image
+from medimg.data.perceptual import (
+    THUMB_SIZE,
+    detail_vectors,
+    luma,
+    near_pairs,
+    near_pairs_between,
+    phash,
+    phash_text,
+    phash_values,
+    thumbnail,
+)
+
+
+def describe(rel: str, raw_dir: Path, min_side: int, max_pixels: int) -> dict:
+    """Hashes, properties, the 64x64 thumbnail, the small greyscale image and the view
+    hashes of one file, or a `reason` it is unusable."""
+    path = raw_dir / rel
+    try:
+        decoded = load_image(path, max_pixels)
+        check_min_side(decoded.pixels, min_side)
+    except ImageError as err:
+        return {"path": rel, "reason": str(err)}
+    height, width = decoded.pixels.shape[:2]
+    full = luma(decoded.pixels)
+    grey = reduce_grey(full)
+    thumb = thumbnail(grey if min(grey.shape) >= THUMB_SIZE else full)  # area of an area
+    return {
+        "path": rel,
+        "sha256": file_sha256(path),
+        "pixel_sha256": pixel_sha256(decoded.pixels),
+        "phash": phash_text(phash(thumb)),
+        "width": width,
+        "height": height,
+        "mode": decoded.mode,
+        "format": decoded.format,
+        "thumb": thumb,
+        "grey": grey,
+        "views": view_hashes(grey),
+    }
+
+
+def describe_all(raw_dir: Path, paths: list[str], min_side: int, max_pixels: int,
+                 workers: int) -> list[dict]:
+    """`describe` every path, in a process pool when workers > 1, with a progress bar."""
+    work = partial(describe, raw_dir=raw_dir, min_side=min_side, max_pixels=max_pixels)
+    bar = partial(tqdm, total=len(paths), desc="dedup", unit="img", disable=None)
+    if workers <= 1:
+        return list(bar(map(work, paths)))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        chunk = max(1, min(64, len(paths) // (workers * 8)))
+        return list(bar(pool.map(work, paths, chunksize=chunk)))
+
+
+class UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, item: str) -> str:
+        root = self.parent.setdefault(item, item)
+        while root != self.parent[root]:
+            root = self.parent[root]
+        self.parent[item] = root
+        return root
+
+    def union(self, a: str, b: str) -> None:
+        # The smaller name becomes the root, so group ids do not depend on visit order.
+        root_a, root_b = sorted((self.find(a), self.find(b)))
+        self.parent[root_b] = root_a
+
+
+def assign_groups(paths: pd.Series, groups_table: pd.DataFrame | None,
+                  group_regex: str | None) -> tuple[pd.Series, pd.Series]:
+    """Group id and its origin per path: groups file, regex, or the image alone."""
+    group = paths.copy()
+    source = pd.Series("image", index=paths.index)
+    if group_regex:
+        found = paths.str.extract(re.compile(group_regex), expand=False)
+        found = found.iloc[:, 0] if isinstance(found, pd.DataFrame) else found
+        matched = found.notna()
+        group[matched], source[matched] = "re:" + found[matched], "regex"
+    if groups_table is not None:
+        lookup = groups_table.set_index("path")["group"]
+        mapped = paths.map(lookup)
+        listed = mapped.notna()
+        group[listed], source[listed] = "meta:" + mapped[listed], "metadata"
+    return group, source
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    near_hamming: int
+    near_correlation: float
+    edit_hamming: int
+    edit_correlation: float
+    prefer_origin: str | None = None  # keep copies from this origin (a test folder) first
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Confirmed duplicate pairs: `first` is an edited copy of `second` by `edit`."""
+    first: np.ndarray
+    second: np.ndarray
+    score: np.ndarray
+    edit: np.ndarray  # object: the edit's name, 'none' for a plain near duplicate
+
+
+def confirmed_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
+                    min_correlation: float,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+    """Pairs within `max_distance` pHash bits whose thumbnails' fine detail correlates at
+    least `min_correlation` (identical thumbnails score 1), and the detail vectors of the
+    rows in any candidate pair."""
+    first, second = near_pairs(hashes, max_distance)
+    rows, where = np.unique(np.r_[first, second], return_inverse=True)
+    vectors = detail_vectors(thumbs[rows])
+    at_first, at_second = where[:len(first)], where[len(first):]
+    scores = np.concatenate([
+        np.einsum("ij,ij->i", vectors[at_first[i:i + 4096]], vectors[at_second[i:i + 4096]])
+        for i in range(0, len(first), 4096)] or [np.zeros(0)]).astype(np.float64)
+    scores = np.minimum(scores, 1.0)
+    blank = ~vectors.any(axis=1)  # no detail: such a thumbnail matches only its twin
+    flat = np.flatnonzero(blank[at_first] | blank[at_second])
+    scores[flat] = (thumbs[first[flat]] == thumbs[second[flat]]).all(axis=(1, 2))
+    keep = scores >= min_correlation
+    return first[keep], second[keep], scores[keep], dict(zip(rows.tolist(), vectors, strict=True))
+
+
+_VIEWS = Views([], [])  # the images a check worker reads
+
+
+def _share_views(views: Views) -> None:
+    global _VIEWS
+    _VIEWS = views
+
+
+def _check(hypotheses: list[tuple[int, int, int, int]], min_score: float,
+           ) -> list[tuple[float, str]]:
+    return [check_pair(_VIEWS, copy, kind, original, code, min_score)
+            for copy, kind, original, code in hypotheses]
+
+
+def check_all(greys: list[np.ndarray], shares: list[float],
+              hypotheses: list[tuple[int, int, int, int]], min_score: float,
+              workers: int) -> list[tuple[float, str]]:
+    """`check_pair` for each (copy, query kind, original, view code), in a process pool
+    when workers > 1 and there is enough to do; each worker takes contiguous shares, so
+    an image's views are made once there. Forked workers read the images from this
+    process's memory instead of receiving a copy."""
+    _share_views(Views(greys, shares))
+    if workers <= 1 or len(hypotheses) < 256:
+        return _check(hypotheses, min_score)
+    share = -(-len(hypotheses) // (4 * workers))
+    chunks = [hypotheses[i:i + share] for i in range(0, len(hypotheses), share)]
+    forked = "fork" in multiprocessing.get_all_start_methods()
+    start = ({"mp_context": multiprocessing.get_context("fork")} if forked else
+             {"initializer": _share_views, "initargs": (_VIEWS,)})
+    with ProcessPoolExecutor(max_workers=workers, **start) as pool:
+        done = pool.map(_check, chunks, [min_score] * len(chunks))
+        return [result for chunk in done for result in chunk]
+
+
+def edited_pairs(greys: list[np.ndarray], views: list[ViewHashes], max_distance: int,
+                 min_score: float, known: set[tuple[int, int]], workers: int = 1) -> Pairs:
+    """Pairs proven to be edited copies, other than the `known` (i < j) ones.
+
+    Candidates: an image's unturned foreground or frame hash within `max_distance` bits
+    of any view hash of another image (never all pairs); a turned or flipped view within
+    TURNED_HAMMING bits only, since a turn changes nothing else. Frame against unturned
+    frame is the near-duplicate check's own case and is left to it. Each unordered pair is
+    checked once, with its closest view; it counts when the registered check scores
+    `min_score`.
+    """
+    owners_q = np.repeat(np.arange(len(views)), [len(v.query) for v in views])
+    kinds = np.concatenate([np.arange(len(v.query)) for v in views])
+    owners_e = np.repeat(np.arange(len(views)), [len(v.index) for v in views])
+    hashes_q = np.concatenate([v.query for v in views])
+    hashes_e = np.concatenate([v.index for v in views])
+    codes = np.concatenate([v.code for v in views])
+    at_q, at_e = near_pairs_between(hashes_q, hashes_e, max_distance, workers)
+    distance = np.bitwise_count(hashes_q[at_q] ^ hashes_e[at_e])
+    frames = (np.asarray(QUERY_VIEWS)[kinds[at_q]] == FRAME) & (codes[at_e] == PLAIN)
+    loose_turns = (codes[at_e] % len(ORIENTATIONS) != 0) & (distance > TURNED_HAMMING)
+    keep = (owners_q[at_q] != owners_e[at_e]) & ~frames & ~loose_turns
+    at_q, at_e, distance = at_q[keep], at_e[keep], distance[keep]
+    copy, original = owners_q[at_q], owners_e[at_e]
+    pair = np.minimum(copy, original) * len(views) + np.maximum(copy, original)
+    order = np.lexsort((codes[at_e], distance, pair))
+    first_of_pair = np.r_[True, pair[order][1:] != pair[order][:-1]][:len(order)]
+    hypotheses = [(int(copy[at]), int(kinds[at_q[at]]), int(original[at]), int(codes[at_e[at]]))
+                  for at in order[first_of_pair]
+                  if (min(copy[at], original[at]), max(copy[at], original[at])) not in known]
+    checked = check_all(greys, [v.share for v in views], hypotheses, min_score, workers)
+    found = [(i, j, score, edit) for (i, _, j, _), (score, edit) in
+             zip(hypotheses, checked, strict=True) if score >= min_score]
+    columns = list(zip(*found, strict=True)) if found else [(), (), (), ()]
+    return Pairs(np.array(columns[0], dtype=np.int64), np.array(columns[1], dtype=np.int64),
+                 np.array(columns[2], dtype=np.float64), np.array(columns[3], dtype=object))
+
+
+_INVERSE = {"rot90": "rot270", "rot270": "rot90"}
+
+
+def _reversed(edit: str) -> str:
+    """The same edit seen from the other image: turns undone, crop and pad stay named."""
+    parts = edit.split(" ")
+    parts = [_INVERSE.get(part, part) for part in parts]
+    if "rotate" in parts:
+        at = parts.index("rotate") + 1
+        parts[at] = f"{-float(parts[at]):.0f}"
+    return " ".join(parts)
+
+
+def duplicate_pairs(hashes: np.ndarray, thumbs: np.ndarray, greys: list[np.ndarray],
+                    views: list[ViewHashes], limits: Thresholds, workers: int = 1) -> Pairs:
+    """Near duplicates (pHash candidates confirmed on the thumbnails' detail) and edited
+    copies (view-hash candidates confirmed by registration)."""
+    first, second, scores, _ = confirmed_pairs(hashes, thumbs, limits.near_hamming,
+                                               limits.near_correlation)
+    known = set(zip(first.tolist(), second.tolist(), strict=True))
+    edited = edited_pairs(greys, views, limits.edit_hamming, limits.edit_correlation, known,
+                          workers)
+    return Pairs(np.r_[first, edited.first], np.r_[second, edited.second],
+                 np.r_[scores, edited.score],
+                 np.r_[np.full(len(first), "none", dtype=object), edited.edit])
+
+
+def _near_representatives(candidates: np.ndarray, hashes: np.ndarray, thumbs: np.ndarray,
+                          greys: list[np.ndarray], views: list[ViewHashes],
+                          limits: Thresholds, workers: int,
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Near-duplicate representative, score against it and edit for each candidate row.
+
+    `candidates` are row numbers in priority order (largest first). Each row, in that
+    order, either already belongs to a group or founds one and takes in every unclaimed
+    row confirmed against itself. Members are confirmed against the representative,
+    never through a chain of other members.
+    """
+    pairs = duplicate_pairs(hashes[candidates], thumbs[candidates],
+                            [greys[i] for i in candidates], [views[i] for i in candidates],
+                            limits, workers)
+    neighbours: dict[int, list[tuple[int, float, str]]] = {}
+    for i, j, score, edit in zip(pairs.first.tolist(), pairs.second.tolist(),
+                                 pairs.score.tolist(), pairs.edit.tolist(), strict=True):
+        neighbours.setdefault(j, []).append((i, score, edit))  # i is j edited
+        neighbours.setdefault(i, []).append((j, score, _reversed(edit)))
+    rep = np.full(len(candidates), -1)
+    score_to_rep = np.ones(len(candidates))
+    edit_from_rep = np.full(len(candidates), "", dtype=object)
+    for position in range(len(candidates)):  # positions follow priority order
+        if rep[position] >= 0:
+            continue
+        rep[position] = position
+        for other, score, edit in neighbours.get(position, []):
+            if rep[other] < 0:
+                rep[other], score_to_rep[other], edit_from_rep[other] = position, score, edit
+    return candidates[rep], score_to_rep, edit_from_rep
+
+
+def _merge_groups(frame: pd.DataFrame, links: list[tuple[str, str]],
+                  source: str) -> tuple[pd.Series, pd.Series]:
+    """Join linked split groups; rows whose group grew get `source` as the group's origin."""
+    groups = UnionFind()
+    for a, b in links:
+        groups.union(a, b)
+    merged = frame["group"].map(groups.find)
+    grew = frame["group"].groupby(merged).transform("nunique") > 1
+    return merged, frame["group_source"].where(~grew, source)
+
+
+def deduplicate(table: pd.DataFrame, thumbs: np.ndarray, greys: list[np.ndarray],
+                views: list[ViewHashes], limits: Thresholds, workers: int = 1,
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep one representative per duplicate group; return (kept, removed).
+
+    Levels: exact (same file bytes), pixel (same decoded pixels), near (pHash within
+    `near_hamming` bits, confirmed by thumbnail correlation; or an edited copy: rotated,
+    flipped, cropped, padded or captioned, confirmed by registration, with the edit
+    named in the `edit` column). The representative is from
+    `prefer_origin` if any member is, then the largest image, then the first path. A group
+    whose members carry different classes is removed whole as a label conflict. Split
+    groups of merged duplicates are joined.
+    """
+    area = (table["width"] * table["height"]).to_numpy()
+    elsewhere = (table["origin"] != limits.prefer_origin).to_numpy()
+    priority = np.lexsort((table["path"].to_numpy(), -area, elsewhere))
+    ordered = table.iloc[priority].reset_index(drop=True)
+    thumbs = thumbs[priority]
+    greys, views = [greys[i] for i in priority], [views[i] for i in priority]
+    position = pd.Series(np.arange(len(ordered)))
+    exact_rep = position.groupby(ordered["sha256"]).transform("min").to_numpy()
+    pixel_rep = position.groupby(ordered["pixel_sha256"]).transform("min").to_numpy()
+
+    hashes = phash_values(ordered["phash"])
+    unique = np.flatnonzero(pixel_rep == position)
+    near_rep, near_score, near_edit = _near_representatives(unique, hashes, thumbs, greys,
+                                                            views, limits, workers)
+    rep, score = np.arange(len(ordered)), np.ones(len(ordered))
+    edit = np.full(len(ordered), "", dtype=object)
+    rep[unique], score[unique], edit[unique] = near_rep, near_score, near_edit
+    final_rep, score = rep[pixel_rep], score[pixel_rep]  # copies follow their pixel rep
+    edit = np.where(position != pixel_rep, "", edit[pixel_rep])
+
+    match = np.select([position != exact_rep, position != pixel_rep, position != final_rep],
+                      ["exact", "pixel", "near"], default="kept")
+    paths = ordered["path"].to_numpy()
+    ordered = ordered.assign(match=match, representative=paths[final_rep],
+                             correlation=np.round(score, 4), edit=edit)
+    mixed = ordered.groupby(final_rep)["class"].transform("nunique").to_numpy() > 1
+    ordered.loc[mixed, "match"] = "conflict"
+
+    clean = ~mixed
+    links = list(zip(ordered["group"].to_numpy()[final_rep][clean],
+                     ordered["group"].to_numpy()[clean], strict=True))
+    ordered["group"], ordered["group_source"] = _merge_groups(ordered, links, "duplicate")
+
+    kept = ordered[ordered["match"] == "kept"].drop(
+        columns=["match", "representative", "correlation", "edit"])
+    removed = ordered[ordered["match"] != "kept"]
+    columns = ["path", "class", "origin", "match", "representative", "edit", "correlation",
+               "phash", "sha256", "pixel_sha256"]
+    return (kept.sort_values("path").reset_index(drop=True),
+            removed[columns].sort_values("path").reset_index(drop=True))
+
+
+def restore_origin(images: pd.DataFrame, kept: pd.DataFrame, removed: pd.DataFrame,
+                   origin: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`deduplicate`'s (kept, removed) with every removed image of `origin` put back: the
+    copies inside a test folder and its label conflicts. `test_copy` names what each
+    restored image is (exact, pixel, near, conflict), empty for the others. Copies from
+    other origins stay removed; `deduplicate` already prefers `origin` as representative,
+    so no image of `origin` lost its place to one from elsewhere."""
+    back = removed[removed["origin"] == origin]
+    restored = images[images["path"].isin(back["path"])].merge(
+        back[["path", "match"]].rename(columns={"match": "test_copy"}), on="path")
+    kept = pd.concat([kept.assign(test_copy=""), restored], ignore_index=True)
+    return (kept.sort_values("path").reset_index(drop=True),
+            removed[removed["origin"] != origin].reset_index(drop=True))
+
+
+def similarity_clusters(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
+                        min_correlation: float, min_linkage: float) -> np.ndarray:
+    """Cluster number per image (the smallest member's row) by average linkage.
+
+    Edges are pairs within `max_distance` pHash bits whose fine detail correlates at
+    least `min_correlation` (neighbouring slices of one scan share their detail, other
+    patients' similar slices do not). Strongest edges first, two clusters merge only when
+    the mean detail correlation over all their member pairs reaches `min_linkage`, so one
+    chance resemblance cannot chain two scans together.
+    """
+    first, second, scores, vectors = confirmed_pairs(hashes, thumbs, max_distance,
+                                                     min_correlation)
+    cluster = np.arange(len(thumbs))
+    members: dict[int, list[int]] = {}
+    for at in np.argsort(-scores, kind="stable"):
+        a, b = cluster[first[at]], cluster[second[at]]
+        if a == b:
+            continue
+        group_a, group_b = members.get(a, [a]), members.get(b, [b])
+        linkage = (np.stack([vectors[i] for i in group_a])
+                   @ np.stack([vectors[j] for j in group_b]).T)
+        if linkage.mean() < min_linkage:
+            continue
+        keep, drop = min(a, b), max(a, b)
+        members[keep] = group_a + group_b
+        members.pop(drop, None)
+        cluster[members[keep]] = keep
+    return cluster
+
+
+def similarity_groups(kept: pd.DataFrame, thumbs: np.ndarray, max_distance: int,
+                      min_correlation: float, min_linkage: float,
+                      ) -> tuple[pd.Series, pd.Series]:
+    """Join the split groups of highly similar images (neighbouring slices, patches of one
+    slide): they are real, distinct data, but must never straddle train and test."""
+    hashes = phash_values(kept["phash"])
+    cluster = similarity_clusters(hashes, thumbs, max_distance, min_correlation, min_linkage)
+    group = kept["group"].to_numpy()
+    links = list(zip(group[cluster], group, strict=True))
+    return _merge_groups(kept, links, "similarity")
+
+
+def similarity_report(kept: pd.DataFrame) -> dict:
+    """How many similarity groups there are, their sizes, and how many span classes (a
+    scan has one diagnosis, so such a group is a false join or a label conflict)."""
+    joined = kept[kept["group_source"] == "similarity"]
+    sizes = joined.groupby("group").size()
+    classes = joined.groupby("group")["class"].nunique()
+    bins = {"2": (2, 2), "3-5": (3, 5), "6-10": (6, 10), "11-20": (11, 20), "21+": (21, None)}
+    return {
+        "groups": len(sizes),
+        "images": int(sizes.sum()),
+        "largest": int(sizes.max()) if len(sizes) else 0,
+        "sizes": {name: int(((sizes >= low) & (sizes <= (high or sizes.max()))).sum())
+                  for name, (low, high) in bins.items()},
+        "cross_class": int((classes > 1).sum()),
+    }

@@ -1,0 +1,235 @@
+"""Edited copies: hashes of canonical views of an image, and the registered check that
+proves a copy.
+
+A rotated, flipped, cropped, padded or captioned copy has a different pHash from its
+original, so each image is hashed as several views: its foreground (the content inside a
+uniform border), the whole frame, the central 90% and 80% of the frame, and the
+foreground turned by +-7 degrees, each in the eight orientations of the square. A copy's
+own foreground or frame, unturned, lands within a few bits of one of its original's
+views, and that view says which edit to undo. The pair only counts once the undone copy,
+registered onto the original by an affine ECC fit, correlates in its fine detail
+(dedup.edit_correlation): neighbouring slices of one scan stay below that, copies above.
+"""
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from medimg.data.perceptual import phashes
+
+GREY_SIDE = 128  # longer side of the greyscale image kept for the views and the check
+CHECK_SIDE = 96  # both views are resampled to this square for the registered check
+SCREEN_SIDE = 32  # a coarser check first; most candidates fail it by a wide margin
+SCREEN_MARGIN = 0.1  # a candidate this far below the threshold at SCREEN_SIDE is dropped
+ORIENTATIONS = ("none", "rot90", "rot180", "rot270", "hflip", "vflip", "transpose",
+                "transverse")
+# name, share of the frame kept (crop views), turn in degrees (rotated views)
+VIEWS = (("pad", 0.0, 0.0), ("frame", 1.0, 0.0), ("crop 0.9", 0.9, 0.0),
+         ("crop 0.8", 0.8, 0.0), ("rotate -7", 0.0, -7.0), ("rotate 7", 0.0, 7.0))
+FRAME = 1  # the view that is the whole frame
+QUERY_VIEWS = (0, FRAME)  # a copy is looked up by its foreground and its frame, unturned
+PLAIN = FRAME * len(ORIENTATIONS)  # the frame unturned: the near-duplicate check's own hypothesis
+# A turned or flipped copy's hash is its original's turned hash, as near as a plain
+# copy's; on the MRI set the farther turned candidates were nearly all strangers.
+TURNED_HAMMING = 2
+_BORDER_SHARE = 0.8  # share of the outer ring near one value for it to count as border
+_BORDER_TOLERANCE = 16  # grey levels from the border value that still count as border
+_FOREGROUND_STEP = 24  # grey levels from the border value that count as content
+
+
+def reduce_grey(grey: np.ndarray) -> np.ndarray:
+    """A uint8 greyscale image area-reduced so its longer side is at most GREY_SIDE."""
+    scale = GREY_SIDE / max(grey.shape)
+    if scale >= 1.0:
+        return grey
+    size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
+    return cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+
+
+def foreground_box(grey: np.ndarray) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the content inside a uniform border, or the whole frame.
+
+    Content is what differs from the border's value; small islands far from the main
+    content (a burnt-in caption) are left out: components under 5% of the largest.
+    """
+    height, width = grey.shape
+    ring = np.concatenate([grey[:2].ravel(), grey[-2:].ravel(), grey[:, :2].ravel(),
+                           grey[:, -2:].ravel()])
+    background = int(np.searchsorted(np.cumsum(np.bincount(ring, minlength=256)),
+                                     (ring.size + 1) // 2))  # the median grey level
+    if np.mean(cv2.absdiff(ring, background).ravel() <= _BORDER_TOLERANCE) < _BORDER_SHARE:
+        return 0, 0, width, height
+    _, mask = cv2.threshold(cv2.absdiff(grey, background), _FOREGROUND_STEP, 1,
+                            cv2.THRESH_BINARY)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count < 2:
+        return 0, 0, width, height
+    stats = stats[1:]
+    big = stats[stats[:, cv2.CC_STAT_AREA] >= 0.05 * stats[:, cv2.CC_STAT_AREA].max()]
+    x0, y0 = big[:, cv2.CC_STAT_LEFT].min(), big[:, cv2.CC_STAT_TOP].min()
+    x1 = (big[:, cv2.CC_STAT_LEFT] + big[:, cv2.CC_STAT_WIDTH]).max()
+    y1 = (big[:, cv2.CC_STAT_TOP] + big[:, cv2.CC_STAT_HEIGHT]).max()
+    return int(x0), int(y0), int(x1), int(y1)
+
+
+_TURNS = {"none": lambda a: a, "rot90": lambda a: a.T[::-1], "rot180": lambda a: a[::-1, ::-1],
+          "rot270": lambda a: a.T[:, ::-1], "hflip": lambda a: a[:, ::-1],
+          "vflip": lambda a: a[::-1], "transpose": lambda a: a.T,
+          "transverse": lambda a: a.T[::-1, ::-1]}
+
+
+def orient(image: np.ndarray, name: str) -> np.ndarray:
+    """One of the eight orientations of the square, by name (rot90 as np.rot90)."""
+    return np.ascontiguousarray(_TURNS[name](image))
+
+
+def _turned(grey: np.ndarray, degrees: float) -> np.ndarray:
+    """The image turned about its centre on a canvas that holds all of it."""
+    height, width = grey.shape
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
+    cos, sin = abs(matrix[0, 0]), abs(matrix[0, 1])
+    size = (round(width * cos + height * sin), round(width * sin + height * cos))
+    matrix[:, 2] += (size[0] - width) / 2, (size[1] - height) / 2
+    return cv2.warpAffine(grey, matrix, size, flags=cv2.INTER_LINEAR)
+
+
+def view(grey: np.ndarray, index: int, side: int,
+         box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """View number `index` of VIEWS, squashed to side x side float32; `box` is the image's
+    foreground_box, when known."""
+    _, keep, degrees = VIEWS[index]
+    image = _turned(grey, degrees) if degrees else grey
+    height, width = image.shape
+    if keep:
+        cut_x, cut_y = round(width * (1 - keep) / 2), round(height * (1 - keep) / 2)
+        box = (cut_x, cut_y, width - cut_x, height - cut_y)
+    elif degrees or box is None:
+        box = foreground_box(image)
+    x0, y0, x1, y1 = box
+    crop = image[y0:y1, x0:x1]
+    return cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def _hashes(smalls: np.ndarray) -> np.ndarray:
+    """pHash of each 32x32 view in each of the eight orientations: views x ORIENTATIONS."""
+    return phashes(np.stack([_TURNS[name](small) for small in smalls for name in ORIENTATIONS]))
+
+
+@dataclass(frozen=True)
+class ViewHashes:
+    query: np.ndarray  # uint64 per QUERY_VIEWS entry
+    index: np.ndarray  # uint64, distinct values only
+    code: np.ndarray  # int16 per index hash: view * 8 + orientation
+    share: float  # content_share of the image
+
+
+def content_share(grey: np.ndarray, box: tuple[int, int, int, int] | None = None) -> float:
+    """Share of the frame inside the foreground box: a border added to a copy lowers it,
+    and no turn or flip changes it."""
+    x0, y0, x1, y1 = box or foreground_box(grey)
+    return (x1 - x0) * (y1 - y0) / grey.size
+
+
+def view_hashes(grey: np.ndarray) -> ViewHashes:
+    """pHashes of every view in every orientation, and the query hashes."""
+    box = foreground_box(grey)
+    every = _hashes(np.stack([view(grey, number, 32, box) for number in range(len(VIEWS))])
+                    .astype(np.float64))
+    values, first = np.unique(every, return_index=True)
+    order = np.argsort(first)  # keep the first view and orientation that gave a value
+    return ViewHashes(query=every[[n * len(ORIENTATIONS) for n in QUERY_VIEWS]],
+                      index=values[order], code=first[order].astype(np.int16),
+                      share=content_share(grey, box))
+
+
+def _band_pass(image: np.ndarray) -> np.ndarray:
+    return cv2.GaussianBlur(image, (0, 0), 0.75) - cv2.GaussianBlur(image, (0, 0), 3.0)
+
+
+def _robust_correlation(a: np.ndarray, b: np.ndarray, drop: float = 0.05) -> float:
+    """Correlation after leaving out the `drop` share of largest disagreements, so burnt-in
+    text on one image does not hide that the rest is the same."""
+    if a.size < 100:
+        return 0.0
+    a = (a - a.mean()) / (a.std() + 1e-6)
+    b = (b - b.mean()) / (b.std() + 1e-6)
+    residual = np.abs(a - b)
+    keep = residual <= np.quantile(residual, 1.0 - drop)
+    a, b = a[keep] - a[keep].mean(), b[keep] - b[keep].mean()
+    norm = float(np.sqrt((a @ a) * (b @ b)))
+    return float(a @ b) / norm if norm > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Registered:
+    score: float  # detail correlation after registration
+    scale: float  # how much larger the copy shows the content (1 / crop share)
+    degrees: float  # turn of the copy against the original, beyond the view's own
+
+
+def register(original: np.ndarray, copy: np.ndarray, steps: int = 30) -> Registered:
+    """Fit `copy` onto `original` (same-size float32 views) with an affine ECC of at most
+    `steps` iterations and score the fine detail where both are defined and either shows
+    content."""
+    warp = np.eye(2, 3, dtype=np.float32)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, steps, 1e-3)
+    try:
+        _, warp = cv2.findTransformECC(original, copy, warp, cv2.MOTION_AFFINE, criteria,
+                                       None, 3)
+    except cv2.error:  # no convergence: score the views as they are
+        warp = np.eye(2, 3, dtype=np.float32)
+    side = original.shape[::-1]
+    flags = cv2.INTER_LINEAR + cv2.WARP_INVERSE_MAP
+    moved = cv2.warpAffine(copy, warp, side, flags=flags)
+    inside = cv2.warpAffine(np.ones_like(copy), warp, side, flags=flags) > 0.99
+    inside &= (original > 10) | (moved > 10)
+    inside = cv2.erode(inside.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    score = _robust_correlation(_band_pass(original)[inside], _band_pass(moved)[inside])
+    linear = warp[:, :2].astype(np.float64)
+    left, _, right = np.linalg.svd(linear)  # the rotation closest to the fitted map
+    turn = left @ right
+    return Registered(score=score, scale=float(np.sqrt(abs(np.linalg.det(linear)))),
+                      degrees=float(np.degrees(np.arctan2(turn[1, 0], turn[0, 0]))))
+
+
+class Views:
+    """The views of a list of greyscale images, each made once while it is in use (a
+    candidate image is usually checked against several others), and their content_share."""
+
+    def __init__(self, greys: list[np.ndarray], shares: list[float],
+                 cached: int = 4096) -> None:
+        self.greys, self.shares = greys, shares
+        self.get = lru_cache(maxsize=cached)(self._make)
+
+    def _make(self, image: int, number: int, side: int) -> np.ndarray:
+        return view(self.greys[image], number, side)
+
+
+def check_pair(views: Views, copy: int, query: int, original: int, code: int,
+               min_score: float) -> tuple[float, str]:
+    """Registered detail correlation of image `copy` (looked up by QUERY_VIEWS[query])
+    against view `code` of image `original`, and a name for the edit found, such as
+    'rot90 crop 0.80'.
+
+    The fit runs at SCREEN_SIDE first; only candidates that come within SCREEN_MARGIN of
+    `min_score` there are fitted again at CHECK_SIDE, which gives the score.
+    """
+    number, turn = divmod(int(code), len(ORIENTATIONS))
+    for side, steps in ((SCREEN_SIDE, 8), (CHECK_SIDE, 30)):
+        reference = orient(views.get(original, number, side), ORIENTATIONS[turn])
+        fit = register(reference, views.get(copy, QUERY_VIEWS[query], side), steps)
+        if fit.score < min_score - SCREEN_MARGIN:
+            break
+    _, keep, degrees = VIEWS[number]
+    parts = [] if turn == 0 else [ORIENTATIONS[turn]]
+    share = (keep or 1.0) / fit.scale
+    if share < 0.95:
+        parts.append(f"crop {share:.2f}")
+    if share >= 0.95 and abs(views.shares[copy] - views.shares[original]) > 0.05:
+        parts.append("pad")
+    turned = degrees - fit.degrees
+    if abs(turned) >= 2.0:
+        parts.append(f"rotate {turned:.0f}")
+    return fit.score, " ".join(parts) or "none"

@@ -1,0 +1,253 @@
+"""The classifier as a web service (FastAPI): `create_app(predictor, settings)`.
+
+POST /predict takes images in the multipart field `file` (repeatable; `?gradcam=true`
+adds a Grad-CAM overlay per classified image) and answers one result per file, or per
+frame of a multi-frame DICOM, in upload order; a file that cannot be used gets an
+`error` and the others are still classified. GET /healthz (the process is up), /readyz
+(the model answered its warm-up call), /metrics (Prometheus), /docs, / (the page in
+static/). Every response names the model in X-Model-* headers; /predict and /readyz also
+carry the model's identity in the body.
+
+Uploads never touch the disk and stop at their size limits (medimg.serving.uploads).
+"""
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from pydantic import BaseModel
+
+from medimg.serving.batching import Arrival, DynamicBatcher
+from medimg.serving.predictor import Frame, Predictor
+from medimg.serving.uploads import FIELD, Upload, UploadLimits, read_uploads
+
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("medimg.serving.service")
+
+
+@dataclass(frozen=True)
+class Settings(UploadLimits):
+    """Limits and batching of the service; serve.py's command-line defaults."""
+    max_batch: int = 32  # images per model call; 1 = no dynamic batching
+    max_wait_ms: float = 2.0  # how long a batch waits for more requests after its first
+
+
+class FileResult(BaseModel):
+    file: str
+    frame: int | None = None
+    predicted: str | None = None
+    probabilities: dict[str, float] | None = None
+    in_distribution: bool | None = None
+    ood_score: float | None = None
+    error: str | None = None
+    gradcam: str | None = None  # base64 PNG
+
+
+class Predictions(BaseModel):
+    model: dict
+    results: list[FileResult]
+
+
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": [FIELD],
+    "properties": {FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}},
+}}}}}
+ERRORS = {400: {"description": "no file, too many files or a malformed body"},
+          413: {"description": "a file or the request is over its size limit"},
+          503: {"description": "the model is still warming up"}}
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own (one per app)."""
+
+    def __init__(self, identity: dict) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter("medimg_http_requests", "HTTP requests by endpoint and status",
+                                ["endpoint", "status"], registry=registry)
+        self.errors = Counter("medimg_http_errors", "Requests answered with an error status, "
+                              "by kind: client (4xx) or server (5xx)", ["endpoint", "kind"],
+                              registry=registry)
+        self.latency = Histogram("medimg_http_request_duration_seconds", "Time to answer",
+                                 ["endpoint"], registry=registry)
+        self.classified = Counter("medimg_images_classified", "Images (DICOM frames) classified",
+                                  registry=registry)
+        self.file_errors = Counter("medimg_file_errors", "Uploaded files (DICOM frames) that "
+                                   "could not be classified", registry=registry)
+        self.batch_size = Histogram("medimg_batch_size", "Images per model call",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+                                    registry=registry)
+        Info("medimg_model", "The served model", registry=registry).info(
+            {key: str(value) for key, value in identity.items()})
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+        if status >= 400:
+            self.errors.labels(endpoint, "client" if status < 500 else "server").inc()
+
+
+def identity_headers(identity: dict) -> dict[str, str]:
+    return {"X-Model-Sha256": identity["sha256"], "X-Model-File": identity["file"],
+            "X-Model-Backend": identity["backend"]}
+
+
+def result(frame: Frame, prediction: dict | None) -> FileResult:
+    return FileResult(file=frame.name, frame=frame.frame, error=frame.error,
+                      **(prediction or {}))
+
+
+class Service:
+    """What the endpoints share: the predictor, its batcher, metrics and readiness."""
+
+    def __init__(self, predictor: Predictor, settings: Settings) -> None:
+        self.predictor, self.settings = predictor, settings
+        self.metrics = Metrics(predictor.identity)
+        self.batcher = DynamicBatcher(predictor.predict, settings.max_batch,
+                                      settings.max_wait_ms / 1000, self.metrics.batch_size.observe)
+        self.status = "warming up"
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+    async def warm_up(self) -> None:
+        """One model call on a full batch of blank images, so that no request pays for the
+        first call or for the memory the largest batch needs."""
+        size = self.predictor.config["image_size"]
+        blank = np.zeros((self.settings.max_batch, size, size, 3), np.uint8)
+        try:
+            await asyncio.to_thread(self.predictor.predict, blank)
+        except Exception as err:  # stay up and say so on /readyz
+            log.exception("warm-up failed")
+            self.status = f"warm-up failed: {err}"
+            return
+        self.status = "ready"
+
+    def decode(self, uploads: list[Upload]) -> list[Frame]:
+        return [frame for upload in uploads
+                for frame in self.predictor.decode(upload.data, upload.name)]
+
+    async def classify(self, uploads: list[Upload], gradcam: bool,
+                       arrival: Arrival) -> list[FileResult]:
+        frames = await asyncio.to_thread(self.decode, uploads)
+        usable = [frame for frame in frames if frame.pixels is not None]
+        predictions = iter(await self.batcher.predict(np.stack([f.pixels for f in usable]),
+                                                      arrival) if usable else [])
+        results = [result(frame, next(predictions) if frame.pixels is not None else None)
+                   for frame in frames]
+        self.metrics.classified.inc(len(usable))
+        self.metrics.file_errors.inc(len(frames) - len(usable))
+        if gradcam:
+            await self.add_gradcams(frames, results)
+        return results
+
+    async def add_gradcams(self, frames: list[Frame], results: list[FileResult]) -> None:
+        classes = self.predictor.config["classes"]
+        for frame, entry in zip(frames, results, strict=True):
+            if entry.predicted is None:
+                continue
+            try:
+                png = await asyncio.to_thread(self.predictor.gradcam_png, frame.pixels,
+                                              classes.index(entry.predicted))
+            except ValueError as err:  # e.g. an ensemble: no one model to explain
+                raise HTTPException(400, f"gradcam: {err}") from err
+            entry.gradcam = base64.b64encode(png).decode("ascii")
+
+
+def create_app(predictor: Predictor, settings: Settings | None = None) -> FastAPI:
+    """The FastAPI app serving `predictor` (already loaded) with `settings`' limits."""
+    service = Service(predictor, settings or Settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service.batcher.start()
+        # In the background: /healthz and /readyz (503) answer while the model warms up.
+        warming = asyncio.create_task(service.warm_up())
+        try:
+            yield
+        finally:
+            warming.cancel()
+            await service.batcher.stop()
+
+    app = FastAPI(title="medimg classifier", lifespan=lifespan,
+                  description="Brain MRI vs breast histopathology; see /docs for the API.")
+    app.state.service = service
+    add_observer(app, service)
+    add_routes(app, service)
+    app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
+    return app
+
+
+def add_observer(app: FastAPI, service: Service) -> None:
+    headers = identity_headers(service.predictor.identity)
+
+    @app.middleware("http")
+    async def observe(request: Request,
+                      call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        # The route's template, not the raw path: unknown paths must not make new series.
+        endpoint = getattr(request.scope.get("route"), "path", "other")
+        service.metrics.observe(endpoint, response.status_code, time.perf_counter() - started)
+        response.headers.update(headers)
+        return response
+
+
+def add_routes(app: FastAPI, service: Service) -> None:
+    identity = service.predictor.identity
+
+    @app.post("/predict", response_model=Predictions, openapi_extra=UPLOAD_BODY,
+              responses=ERRORS)
+    async def predict(request: Request, gradcam: bool = False) -> Predictions:
+        """Classify the images of the multipart field `file`, one result per file/frame."""
+        if not service.ready:
+            raise HTTPException(503, "the model is not ready yet; poll /readyz")
+        arrival = service.batcher.arrival()  # a batch may wait for this request's images
+        try:
+            uploads = await read_uploads(request, service.settings)
+            results = await service.classify(uploads, gradcam, arrival)
+        except HTTPException:
+            raise
+        except Exception as err:  # e.g. the model call failed: this request, not the server
+            log.exception("predict failed")
+            raise HTTPException(500, f"could not classify: {err}") from err
+        finally:
+            arrival.close()
+        return Predictions(model=identity, results=results)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"description": "not ready yet"}})
+    async def readyz() -> JSONResponse:
+        return JSONResponse({"status": service.status, "model": identity},
+                            status_code=200 if service.ready else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        if not (STATIC / "index.html").is_file():
+            raise HTTPException(404, f"the page is missing: {STATIC / 'index.html'}")
+        return FileResponse(STATIC / "index.html")

@@ -1,0 +1,97 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CHROMIUM, METRIC_TOLERANCE, OOD_TOLERANCE, VERIFIED_VENDORS
+from medimg.docs import with_section
+from medimg.evaluation.metrics import macro_f1
+from scripts.results_table import (
+    BEGIN,
+    END,
+    EXPERIMENTS_BEGIN,
+    EXPERIMENTS_END,
+    REAL_TABLE_BEGIN,
+    REAL_TABLE_END,
+    decoded,
+    experiments_markdown,
+    real_table_markdown,
+    results_markdown,
+)
+
+README_LIMIT = 12 * 1024
+RUN_COMMAND = ("python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt"
+               " && dvc repro")
+TEST_COMMAND = "bash scripts/test.sh"
+
+
+def test_readme_is_at_most_12_kib(repo: Path) -> None:
+    size = len((repo / "README.md").read_bytes())
+    assert size <= README_LIMIT, f"README.md is {size} bytes; move detail to docs/"
+
+
+def test_readme_shows_the_two_commands_as_code_blocks(repo: Path) -> None:
+    readme = (repo / "README.md").read_text()
+    for command in (RUN_COMMAND, TEST_COMMAND):
+        assert f"```bash\n{command}\n```" in readme
+
+
+def test_ci_runs_exactly_the_readmes_test_command(repo: Path) -> None:
+    command = (repo / ".ci/run").read_text().strip().splitlines()[-1]
+    assert f"```bash\n{command}\n```" in (repo / "README.md").read_text()
+
+
+def test_the_test_command_does_its_own_set_up(repo: Path) -> None:
+    # A fresh machine has no browser: the script installs the one the page test drives,
+    # a virtual environment with the pinned requirements, then runs both test runs.
+    script = (repo / "scripts/test.sh").read_text()
+    assert f"[ ! -x {CHROMIUM} ]" in script and "apt-get install -y -q chromium" in script
+    assert "pip install -r requirements.txt" in script
+    lines = script.splitlines()
+    assert lines[-2:] == ["python -m pytest", 'python -m pytest -m "e2e or dvc_features or slow"']
+
+
+def test_the_reproducibility_claim_is_what_the_e2e_tests_check(repo: Path) -> None:
+    vendor_names = {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}
+    vendors = " and ".join(vendor_names[vendor] for vendor in VERIFIED_VENDORS)
+    tolerances = (f"within {METRIC_TOLERANCE} of the committed ones, the "
+                  f"out-of-distribution shares within {OOD_TOLERANCE}")
+    readme, docs = (" ".join((repo / name).read_text().split())
+                    for name in ("README.md", "docs/pipeline.md"))
+    assert (f"the detector, the predictions and the ONNX model on {vendors} x86_64 CPUs with "
+            "AVX2") in readme
+    assert tolerances in readme and tolerances in docs
+    assert f"| {vendors} x86_64 CPUs with AVX2 (verified natively)" in docs
+
+
+def test_readme_results_match_the_committed_metrics(repo: Path) -> None:
+    result = subprocess.run([sys.executable, str(repo / "scripts/results_table.py"), "--check"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout
+    readme = (repo / "README.md").read_text()
+    assert f"{BEGIN}\n{results_markdown(repo)}\n{END}" in readme
+    assert f"{REAL_TABLE_BEGIN}\n{real_table_markdown(repo)}\n{REAL_TABLE_END}" in readme
+    assert f"{EXPERIMENTS_BEGIN}\n{experiments_markdown(repo)}\n{EXPERIMENTS_END}" in readme
+
+
+def test_results_section_is_replaced_in_place() -> None:
+    readme = f"intro\n{BEGIN}\nold figures\n{END}\noutro\n"
+    assert with_section(readme, BEGIN, END, "| new |") == f"intro\n{BEGIN}\n| new |\n{END}\noutro\n"
+
+
+@pytest.mark.parametrize("text", ["no markers", f"{END}\n{BEGIN}", f"{BEGIN}{END}{BEGIN}{END}"])
+def test_a_missing_or_misplaced_marker_is_an_error(text: str) -> None:
+    with pytest.raises(ValueError, match="results:begin"):
+        with_section(text, BEGIN, END, "| new |")
+
+
+def test_real_results_decode_to_their_own_metrics(repo: Path) -> None:
+    for path in sorted((repo / "benchmarks/results").glob("real_*.json")):
+        run = json.loads(path.read_text())
+        labels, predicted, _ = decoded(run)
+        test = run["evaluate"]["test"]
+        assert len(labels) == test["n"]
+        assert (labels == predicted).mean() == pytest.approx(test["accuracy"])
+        assert macro_f1(labels, predicted) == pytest.approx(test["f1_macro"])

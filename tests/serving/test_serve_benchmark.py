@@ -1,0 +1,152 @@
+"""The load benchmark's own parts: its figures, its client against a real FastAPI app, the
+process measurements, and the committed results file against itself."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi import FastAPI, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from benchmarks import serve_benchmark as bench
+from conftest import noise_image, save
+from scripts.results_table import SERVE_FILE, serve_markdown, serve_table_markdown
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks/results" / SERVE_FILE
+
+
+def test_throughput_counts_only_successes_and_latency_counts_every_request() -> None:
+    latencies = [i / 1000 for i in range(1, 101)]  # 1 to 100 ms
+    figures = bench.summarise(latencies, Counter({"HTTP 500": 4}), seconds=2.0)
+    assert figures["requests"] == 100 and figures["errors"] == 4
+    assert figures["throughput"] == 48.0
+    assert figures["p50_ms"] == 50.5 and figures["p95_ms"] == 95.05
+    assert figures["p99_ms"] == 99.01
+    assert figures["error_kinds"] == {"HTTP 500": 4}
+
+
+def test_a_phase_without_requests_has_no_percentiles() -> None:
+    figures = bench.summarise([], Counter(), seconds=1.0)
+    assert figures["p50_ms"] is None and figures["throughput"] == 0.0
+
+
+def test_a_load_stops_after_its_limit() -> None:
+    load = bench.Load([b"a", b"b"], deadline=float("inf"), limit=3)
+    assert [load.next_request() for _ in range(5)] == [b"a", b"b", b"a", None, None]
+
+
+def test_a_load_stops_at_its_deadline() -> None:
+    assert bench.Load([b"a"], deadline=time.perf_counter()).next_request() is None
+
+
+def echo_app(received: list[tuple[str, bytes]]) -> FastAPI:
+    """/predict as the service answers it: `bad*` files get a per-file error, `boom*`
+    files a 500; every upload is recorded. /metrics counts one model call per request."""
+    app = FastAPI()
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(f"{bench.BATCH_METRIC}_count {len(received)}.0\n"
+                                 f"{bench.BATCH_METRIC}_sum {len(received)}.0\n")
+
+    @app.post("/predict")
+    async def predict(file: list[UploadFile]) -> JSONResponse:
+        uploads = [(upload.filename, await upload.read()) for upload in file]
+        received.extend(uploads)
+        if uploads[0][0].startswith("boom"):
+            return JSONResponse({"detail": "broken"}, status_code=500)
+        return JSONResponse({"results": [
+            {"file": name, "error": "not a recognised image" if name.startswith("bad") else None}
+            for name, _ in uploads]})
+
+    return app
+
+
+@pytest.fixture
+def echo_server() -> Iterator[tuple[int, list[tuple[str, bytes]]]]:
+    received: list[tuple[str, bytes]] = []
+    port = bench.free_port()
+    server = uvicorn.Server(uvicorn.Config(echo_app(received), host=bench.HOST, port=port,
+                                           log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "the test server did not start within 10 s"
+    yield port, received
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_the_client_uploads_each_file_as_field_file_and_counts_failures(
+        tmp_path: Path, echo_server: tuple[int, list[tuple[str, bytes]]]) -> None:
+    port, received = echo_server
+    files = [save(tmp_path / name, noise_image(seed)) for seed, name in
+             enumerate(["good.png", "bad.png", "boom.png", "fine.jpg"])]
+    load = bench.Load([bench.multipart_request(path, port) for path in files],
+                      deadline=float("inf"), limit=8)
+    figures = bench.run_load(load, 2, port, os.getpid())
+    assert figures["requests"] == 8 and figures["errors"] == 4
+    assert figures["error_kinds"] == {"file error: not a recognised image": 2, "HTTP 500": 2}
+    assert sorted(received) == sorted(2 * [(path.name, path.read_bytes()) for path in files])
+    assert figures["mean_batch"] == 1.0
+    assert figures["cpu_ms_per_request"]["client"] > 0
+
+
+def test_resident_memory_includes_the_child_processes() -> None:
+    before = bench.resident_mb(os.getpid())
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; b = b'x' * 80_000_000; print(1, flush=True); "
+                               "sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()
+        assert bench.resident_mb(os.getpid()) - before > 70
+        assert bench.cpu_seconds(os.getpid()) > 0
+    finally:
+        child.communicate()
+
+
+def committed() -> dict:
+    assert RESULTS.is_file(), f"{RESULTS} missing: run benchmarks/serve_benchmark.py"
+    return json.loads(RESULTS.read_text())
+
+
+def test_committed_goals_follow_from_the_committed_figures() -> None:
+    results = committed()
+    assert bench.goals(results["batching"], results["no_batching"],
+                       results["offline"]) == results["goals"]
+
+
+def test_committed_cells_agree_with_themselves() -> None:
+    results = committed()
+    for mode in (results["batching"], results["no_batching"]):
+        assert [cell["concurrency"] for cell in mode["cells"]] == list(bench.CONCURRENCY)
+        for cell in mode["cells"]:
+            assert cell["p50_ms"] <= cell["p95_ms"] <= cell["p99_ms"]
+            assert sum(cell["error_kinds"].values()) == cell["errors"]
+            expected = (cell["requests"] - cell["errors"]) / cell["seconds"]
+            assert cell["throughput"] == pytest.approx(expected, rel=0.01)
+    memory = results["batching"]["memory"]
+    assert memory["requests"] == results["settings"]["memory_requests"]
+    assert memory["rss_mb_after"] == memory["rss_mb_after_each_tenth"][-1]
+    assert memory["growth_mb"] == pytest.approx(
+        memory["rss_mb_after"] - memory["rss_mb_before"], abs=0.11)
+
+
+def test_the_generated_tables_show_every_cell() -> None:
+    results, root = committed(), RESULTS.parents[2]
+    table = serve_table_markdown(root)
+    for mode in ("batching", "no_batching"):
+        for cell in results[mode]["cells"]:
+            assert f"| {cell['throughput']} | {cell['p50_ms']} |" in table
+    assert table in serve_markdown(root)
