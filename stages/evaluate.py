@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from medimg.data.images import ImageError
 from medimg.data.prepared import prepare_image
 from medimg.data.walk import walk_dataset
 from medimg.devices import reproducible_cpu, resolve_device
 from medimg.evaluation import plots
-from medimg.evaluation.gradcam import grad_cam, overlay
+from medimg.evaluation.gradcam import gradcam_png
 from medimg.evaluation.ood import OodDetector
 from medimg.evaluation.ood_figures import ood_figures, ood_headline, reference_features
 from medimg.evaluation.report import markdown, summary_table
@@ -31,7 +30,7 @@ from medimg.evaluation.scores import (
     ood_acceptance,
     shortcut_scores,
 )
-from medimg.inference import Classifier, as_tensor, load_classifier, normalise
+from medimg.inference import Classifier, load_classifier
 from medimg.io import atomic_path, write_csv, write_json
 from medimg.params import Params, load_params
 
@@ -97,12 +96,13 @@ def gradcam_overlays(classifier: Classifier, part: pd.DataFrame, pixels: np.ndar
     written = []
     for (name, correct), rows in part.groupby(["class", "correct"], sort=True):
         for index in rows.index[:per_class]:
-            image = normalise(as_tensor(pixels[index][None]), config["mean"], config["std"])
-            cam = grad_cam(model, image[0], config["classes"].index(part.at[index, "predicted"]))
+            png = gradcam_png(model, pixels[index],
+                              config["classes"].index(part.at[index, "predicted"]),
+                              config["mean"], config["std"])
             target = PLOTS / "gradcam" / (f"{name}_{'correct' if correct else 'wrong'}_"
                                           f"{Path(part.at[index, 'path']).stem}.png")
             with atomic_path(target) as tmp:
-                Image.fromarray(overlay(pixels[index], cam)).save(tmp, format="PNG")
+                tmp.write_bytes(png)
             written.append(target.relative_to(PLOTS).as_posix())
     return written
 

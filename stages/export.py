@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from medimg.devices import reproducible_cpu
+from medimg.evaluation.metrics import accuracy
 from medimg.inference import ONNX_NAME, ONNX_SIDECAR, export_onnx, load_classifier
 from medimg.io import atomic_path, write_json
 from medimg.params import load_params
@@ -47,7 +48,7 @@ def sidecar(config: dict) -> dict:
 def compare(reference: np.ndarray, other: np.ndarray, labels: np.ndarray) -> dict:
     return {"max_abs_probability_difference": float(np.abs(reference - other).max()),
             "labels_identical": bool((reference.argmax(1) == other.argmax(1)).all()),
-            "accuracy": float((other.argmax(1) == labels).mean())}
+            "accuracy": accuracy(labels, other.argmax(1))}
 
 
 def main() -> None:
@@ -63,7 +64,7 @@ def main() -> None:
     onnx = compare(reference, load_classifier(MODEL_DIR, "onnx").predict(pixels, len(pixels)),
                    labels)
     report = {"n": len(labels), "tolerance": settings.tolerance,
-              "torch_accuracy": float((reference.argmax(1) == labels).mean()),
+              "torch_accuracy": accuracy(labels, reference.argmax(1)),
               "onnx": {**onnx, "size_mb": round(os.path.getsize(MODEL_DIR / ONNX_NAME) / 2**20, 2)}}
     INT8_DIR.mkdir(exist_ok=True)
     if settings.int8:

@@ -5,7 +5,6 @@ and data/prepared/{train,val,test}.csv (the split rows in the same order).
 """
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pandas as pd
 from medimg.data.prepared import prepare_image
 from medimg.data.splitting import SPLITS
 from medimg.io import atomic_dir
+from medimg.parallel import process_map
 from medimg.params import load_params
 
 SPLIT = Path("data/split/split.csv")
@@ -25,9 +25,8 @@ def write_split(target: Path, paths: list[Path], size: int, policy: str, workers
     array = np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8,
                                       shape=(len(paths), size, size, 3))
     work = partial(prepare_image, size=size, policy=policy)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for index, pixels in enumerate(pool.map(work, paths, chunksize=16)):
-            array[index] = pixels
+    for index, pixels in enumerate(process_map(work, paths, workers=workers, chunksize=16)):
+        array[index] = pixels
     array.flush()
     del array
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from medimg.data.volumes import brain_slices
 from medimg.io import atomic_dir
 from medimg.params import SampleParams, load_params
 
@@ -24,7 +25,6 @@ OUT_DIR = Path("data/sample")
 GROUPS_FILE = "groups.csv"
 MRI_CLASS = "mri"
 HISTO_CLASS = "breast_histo"
-PLANES = ("sagittal", "coronal", "axial")
 
 
 @dataclass(frozen=True)
@@ -66,24 +66,17 @@ def slab_of(index: int, slab_size: int, slab_gap: int) -> int | None:
 
 def volume_slices(volume: np.ndarray, name: str, planes: tuple[int, ...],
                   params: SampleParams, sagittal_stop: int | None = None) -> Iterator[SampleImage]:
-    threshold = 0.1 * float(np.percentile(volume, 99.5))
-    for axis in planes:
-        plane = PLANES[axis]
-        stop = sagittal_stop if axis == 0 and sagittal_stop is not None else volume.shape[axis]
-        for index in range(stop):
-            slab = slab_of(index, params.slab_size, params.slab_gap)
-            if slab is None:
-                continue
-            # rot90 puts anterior (or superior) at the top, as radiologists view slices.
-            pixels = np.rot90(np.take(volume, index, axis=axis))
-            if (pixels > threshold).mean() < params.min_foreground:
-                continue
-            yield SampleImage(
-                relpath=f"{MRI_CLASS}/{name}_{plane}_{index:03d}.png",
-                group=f"{name}-{plane}-slab{slab:02d}",
-                source=name,
-                pixels=np.ascontiguousarray(pixels),
-            )
+    stops = {} if sagittal_stop is None else {0: sagittal_stop}
+    for plane, index, pixels in brain_slices(volume, planes, params.min_foreground, stops):
+        slab = slab_of(index, params.slab_size, params.slab_gap)
+        if slab is None:
+            continue
+        yield SampleImage(
+            relpath=f"{MRI_CLASS}/{name}_{plane}_{index:03d}.png",
+            group=f"{name}-{plane}-slab{slab:02d}",
+            source=name,
+            pixels=np.ascontiguousarray(pixels),
+        )
 
 
 def mri_images(params: SampleParams) -> Iterator[SampleImage]:

@@ -6,7 +6,6 @@ duplicate, conflict, rejected or ignored, so nothing is silently lost.
 
 import multiprocessing
 import re
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -40,6 +39,7 @@ from medimg.data.perceptual import (
     phash_values,
     thumbnail,
 )
+from medimg.parallel import process_map
 
 
 def describe(rel: str, raw_dir: Path, min_side: int, max_pixels: int) -> dict:
@@ -75,11 +75,8 @@ def describe_all(raw_dir: Path, paths: list[str], min_side: int, max_pixels: int
     """`describe` every path, in a process pool when workers > 1, with a progress bar."""
     work = partial(describe, raw_dir=raw_dir, min_side=min_side, max_pixels=max_pixels)
     bar = partial(tqdm, total=len(paths), desc="dedup", unit="img", disable=None)
-    if workers <= 1:
-        return list(bar(map(work, paths)))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        chunk = max(1, min(64, len(paths) // (workers * 8)))
-        return list(bar(pool.map(work, paths, chunksize=chunk)))
+    chunk = max(1, min(64, len(paths) // (max(workers, 1) * 8)))
+    return list(bar(process_map(work, paths, workers=workers, chunksize=chunk)))
 
 
 class UnionFind:
@@ -185,9 +182,8 @@ def check_all(greys: list[np.ndarray], shares: list[float],
     forked = "fork" in multiprocessing.get_all_start_methods()
     start = ({"mp_context": multiprocessing.get_context("fork")} if forked else
              {"initializer": _share_views, "initargs": (_VIEWS,)})
-    with ProcessPoolExecutor(max_workers=workers, **start) as pool:
-        done = pool.map(_check, chunks, [min_score] * len(chunks))
-        return [result for chunk in done for result in chunk]
+    done = process_map(_check, chunks, [min_score] * len(chunks), workers=workers, **start)
+    return [result for chunk in done for result in chunk]
 
 
 def edited_pairs(greys: list[np.ndarray], views: list[ViewHashes], max_distance: int,

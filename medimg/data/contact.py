@@ -2,7 +2,6 @@
 
 import re
 import textwrap
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -11,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from medimg.data.images import ImageError, load_rgb
 from medimg.io import atomic_path
+from medimg.parallel import process_map
 
 MAX_TILES = 8  # per row; longer rows are cut with a "+K more" note
 HEADING_W = 200  # heading column on the left of each row
@@ -143,9 +143,5 @@ def write_sheets(
         stale.unlink()
     pages = [rows[start : start + rows_per_sheet] for start in range(0, len(rows), rows_per_sheet)]
     paths = [folder / f"{stem}_{page:03d}.png" for page in range(1, len(pages) + 1)]
-    if workers <= 1 or len(pages) <= 1:
-        return [_write_page(path, page, tile, max_pixels) for path, page in
-                zip(paths, pages, strict=True)]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(_write_page, paths, pages, [tile] * len(pages),
-                             [max_pixels] * len(pages)))
+    return list(process_map(_write_page, paths, pages, [tile] * len(pages),
+                            [max_pixels] * len(pages), workers=workers if len(pages) > 1 else 1))

@@ -5,7 +5,6 @@ so every candidate pair it proposes is confirmed on the pixels before it counts.
 """
 
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from itertools import combinations
 from math import comb
 
@@ -14,6 +13,8 @@ import numpy as np
 from PIL import Image
 from scipy.fft import dct
 from scipy.ndimage import gaussian_filter
+
+from medimg.parallel import process_map
 
 THUMB_SIZE = 64  # greyscale thumbnail for the pixel checks; pHash uses it at 32x32
 DETAIL_SIGMA = 1.5  # fine detail: the thumbnail minus its blur of this width
@@ -132,9 +133,8 @@ def near_pairs_between(queries: np.ndarray, entries: np.ndarray, max_distance: i
     if workers <= 1 or len(queries) < _PARALLEL_QUERIES:
         return _pairs_between(queries, entries, max_distance)
     shares = np.array_split(np.arange(len(queries)), workers)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        done = list(pool.map(_pairs_between, [queries[share] for share in shares],
-                             [entries] * workers, [max_distance] * workers))
+    done = list(process_map(_pairs_between, [queries[share] for share in shares],
+                            [entries] * workers, [max_distance] * workers, workers=workers))
     return (np.concatenate([share[asked] for share, (asked, _) in zip(shares, done, strict=True)]),
             np.concatenate([found for _, found in done]))
 

@@ -1,10 +1,16 @@
 """Grad-CAM with two hooks on the last convolution: where the model looked for a class."""
 
+import io
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
+from PIL import Image
 from torch import nn
+
+from medimg.inference import as_tensor, normalise
 
 
 def last_conv(model: nn.Module) -> nn.Module:
@@ -46,3 +52,13 @@ def overlay(pixels: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarr
     """The image with the map blended over it in the 'jet' colours, as uint8 RGB."""
     heat = colormaps["jet"](cam)[..., :3] * 255.0
     return np.clip((1 - alpha) * pixels + alpha * heat, 0, 255).astype(np.uint8)
+
+
+def gradcam_png(model: nn.Module, pixels: np.ndarray, target: int, mean: Sequence[float],
+                std: Sequence[float]) -> bytes:
+    """The map of class `target` on one decoded uint8 image, blended over it, as PNG bytes:
+    the one render for the evaluate stage's figures, predict and the service."""
+    cam = grad_cam(model, normalise(as_tensor(pixels[None]), mean, std)[0], target)
+    buffer = io.BytesIO()
+    Image.fromarray(overlay(pixels, cam)).save(buffer, format="PNG")
+    return buffer.getvalue()

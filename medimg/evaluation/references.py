@@ -35,8 +35,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from medimg.data.images import load_rgb, stretch
 from medimg.data.prepared import resize_square
+from medimg.data.volumes import brain_slices
 
-PLANES = ("sagittal", "coronal", "axial")
 MIN_FOREGROUND = 0.10  # an MRI slice counts when at least this share of it is brain
 EVERYDAY_FILES = (
     "astronaut.png", "brick.png", "camera.png", "chelsea.png", "chessboard_RGB.png",
@@ -103,13 +103,9 @@ def grey_rgb(values: np.ndarray) -> np.ndarray:
 
 
 def volume_slices(name: str, volume: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
-    """Every slice in the three planes with enough brain, anterior or superior at the top."""
-    threshold = 0.1 * float(np.percentile(volume, 99.5))
-    for axis, plane in enumerate(PLANES):
-        for index in range(volume.shape[axis]):
-            pixels = np.rot90(np.take(volume, index, axis=axis))
-            if (pixels > threshold).mean() >= MIN_FOREGROUND:
-                yield f"{name}#{plane}{index:03d}", grey_rgb(pixels)
+    """Every slice in the three planes with enough brain, as uint8 RGB."""
+    for plane, index, pixels in brain_slices(volume, (0, 1, 2), MIN_FOREGROUND):
+        yield f"{name}#{plane}{index:03d}", grey_rgb(pixels)
 
 
 def external_mri() -> dict[str, np.ndarray]:

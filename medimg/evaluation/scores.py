@@ -5,7 +5,8 @@ Every proportion gets a Wilson interval (so 0 errors in n still has a lower boun
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import islice
 
 import numpy as np
 import pandas as pd
@@ -47,24 +48,31 @@ def wilson_interval(successes: int, total: int, z: float = Z95) -> tuple[float, 
     return (low, high)
 
 
+def stratified_resamples(labels: np.ndarray, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Endless bootstrap resamples of the positions of `labels`, drawn with replacement
+    within each true class, so every resample keeps the class counts."""
+    members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    while True:
+        yield np.concatenate([rng.choice(m, size=len(m)) for m in members])
+
+
+def percentile_interval(values: list[float]) -> tuple[float, float]:
+    low, high = np.percentile(values, [2.5, 97.5])
+    return (float(low), float(high))
+
+
 def bootstrap_interval(labels: np.ndarray, probs: np.ndarray,
                        metric: Callable[[np.ndarray, np.ndarray], float], resamples: int,
                        seed: int) -> tuple[float, float] | None:
-    """Percentile interval of `metric` over resamples drawn within each true class, so
-    every resample keeps the class counts."""
-    rng = np.random.default_rng(seed)
-    members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    """Percentile interval of `metric` over stratified resamples (None when the metric is
+    undefined on every one)."""
     values = []
-    for _ in range(resamples):
-        index = np.concatenate([rng.choice(m, size=len(m), replace=True) for m in members])
+    for index in islice(stratified_resamples(labels, np.random.default_rng(seed)), resamples):
         try:
             values.append(metric(labels[index], probs[index]))
         except ValueError:  # a metric undefined on this resample
             continue
-    if not values:
-        return None
-    low, high = np.percentile(values, [2.5, 97.5])
-    return (float(low), float(high))
+    return percentile_interval(values) if values else None
 
 
 def difference_interval(first: tuple[np.ndarray, np.ndarray],
@@ -75,17 +83,15 @@ def difference_interval(first: tuple[np.ndarray, np.ndarray],
     (labels, predicted labels), and its 95% percentile interval from resampling both
     sets within each true class."""
     rng = np.random.default_rng(seed)
-    members = [[np.flatnonzero(labels == c) for c in np.unique(labels)]
-               for labels, _ in (first, second)]
+    draws = [stratified_resamples(labels, rng) for labels, _ in (first, second)]
 
     def resampled(which: int) -> float:
         labels, predicted = (first, second)[which]
-        index = np.concatenate([rng.choice(m, size=len(m)) for m in members[which]])
+        index = next(draws[which])
         return metric(labels[index], predicted[index])
 
     values = [resampled(1) - resampled(0) for _ in range(resamples)]
-    low, high = np.percentile(values, [2.5, 97.5])
-    return metric(*second) - metric(*first), (float(low), float(high))
+    return metric(*second) - metric(*first), percentile_interval(values)
 
 
 def paired_difference_interval(labels: np.ndarray, first: np.ndarray, second: np.ndarray,
@@ -94,14 +100,10 @@ def paired_difference_interval(labels: np.ndarray, first: np.ndarray, second: np
     """metric(second) - metric(first) for two models' predicted labels on the same images,
     and its 95% percentile interval from resampling the images within each true class,
     the same images for both models: pairing removes the variation they share."""
-    rng = np.random.default_rng(seed)
-    members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    values = []
-    for _ in range(resamples):
-        index = np.concatenate([rng.choice(m, size=len(m)) for m in members])
-        values.append(metric(labels[index], second[index]) - metric(labels[index], first[index]))
-    low, high = np.percentile(values, [2.5, 97.5])
-    return metric(labels, second) - metric(labels, first), (float(low), float(high))
+    draws = stratified_resamples(labels, np.random.default_rng(seed))
+    values = [metric(labels[index], second[index]) - metric(labels[index], first[index])
+              for index in islice(draws, resamples)]
+    return metric(labels, second) - metric(labels, first), percentile_interval(values)
 
 
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:

@@ -8,28 +8,24 @@ inference of evaluate and export too; the flag from the `OodDetector` stored bes
 model (none for an ensemble or a model folder without ood.json).
 """
 
-import io
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from medimg.data.hashing import file_sha256
 from medimg.data.images import ImageError, Source, check_min_side, load_frames
 from medimg.data.prepared import resize_square
-from medimg.evaluation.gradcam import grad_cam, overlay
+from medimg.evaluation.gradcam import gradcam_png
 from medimg.evaluation.ood import OodDetector
 from medimg.inference import (
     ENSEMBLE_NAME,
     ONNX_NAME,
     Classifier,
     Ensemble,
-    as_tensor,
     load_classifier,
-    normalise,
 )
 from medimg.training.models import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint
 
@@ -112,11 +108,8 @@ class Predictor:
         with self._explainer_lock:
             if self._explainer is None:
                 self._explainer = load_checkpoint(self.model_dir)[0]
-            image = normalise(as_tensor(pixels[None]), self.config["mean"], self.config["std"])
-            cam = grad_cam(self._explainer, image[0], target)
-        buffer = io.BytesIO()
-        Image.fromarray(overlay(pixels, cam)).save(buffer, format="PNG")
-        return buffer.getvalue()
+            return gradcam_png(self._explainer, pixels, target, self.config["mean"],
+                               self.config["std"])
 
 
 def load_predictor(model_dir: Path, backend: str = "onnx",

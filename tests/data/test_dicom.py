@@ -10,13 +10,13 @@ from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from test_dedup import run_dedup, use_dataset
 
 from conftest import noise_image, png, save, wait_ready
 from medimg.data.images import ImageError, frame_path, load_frames, load_image
 from medimg.serving import predict
 from medimg.serving.predictor import load_predictor
 from medimg.serving.service import create_app
-from test_dedup import run_dedup, use_dataset
 
 
 def write_dicom(path: Path, frames: np.ndarray, slope: float = 1.0, intercept: float = 0.0,

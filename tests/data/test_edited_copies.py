@@ -12,13 +12,13 @@ import pytest
 import yaml
 from PIL import Image
 from scipy.ndimage import gaussian_filter
+from test_dedup import run_dedup, use_dataset
 
 import split
 from medimg.data.catalog import similarity_clusters, similarity_report
 from medimg.data.perceptual import phash
 from medimg.data.synthetic_edits import EDITS
 from sample import mni152_path, to_uint8
-from test_dedup import run_dedup, use_dataset
 
 
 def put(path: Path, image: Image.Image) -> None:
