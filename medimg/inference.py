@@ -22,13 +22,31 @@ import torch
 from medimg.data.images import is_image_name
 from medimg.devices import autocast
 from medimg.io import atomic_path, read_json
-from medimg.training.models import CONFIG_NAME, load_checkpoint, probabilities
+from medimg.training.models import (
+    DecodeRules,
+    ModelConfig,
+    Normalisation,
+    load_checkpoint,
+    probabilities,
+)
 
 ONNX_NAME = "model.onnx"
 ONNX_SIDECAR = "model.onnx.json"
 ENSEMBLE_NAME = "ensemble.json"  # in a folder of member folders: {"members": [...], "tta": ...}
 # What every member of an ensemble must share: one decoded image serves them all.
 SHARED = ("classes", "image_size", "resize", "decode")
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """An ensemble's config: what its members share (SHARED), their number, and whether
+    flipped views are averaged too."""
+    classes: list[str]
+    image_size: int
+    resize: str
+    decode: DecodeRules
+    members: int
+    tta: bool
 CPU = torch.device("cpu")
 
 
@@ -112,9 +130,10 @@ class OnnxBackend:
 
 @dataclass
 class Classifier:
-    """A model behind one call; `config` is its model.json (at least `mean` and `std`)."""
+    """A model behind one call; `config` is its model.json (or, while training, only its
+    normalisation)."""
     backend: TorchBackend | OnnxBackend
-    config: dict
+    config: ModelConfig | Normalisation
 
     def outputs(self, batches: Iterable[np.ndarray | torch.Tensor]) -> Outputs:
         """float32 logits and features on the CPU for batches of uint8 N x H x W x 3
@@ -122,7 +141,7 @@ class Classifier:
         device = self.backend.device
         logits, features = zip(*(
             self.backend(normalise(as_tensor(batch).to(device, non_blocking=True),
-                                   self.config["mean"], self.config["std"]))
+                                   self.config.mean, self.config.std))
             for batch in batches), strict=True)
         return (torch.cat(logits).cpu(),
                 None if features[0] is None else torch.cat(features).cpu())
@@ -154,12 +173,12 @@ class Ensemble:
     def __init__(self, members: list[Classifier], tta: bool = False) -> None:
         first = members[0].config
         for key in SHARED:
-            values = [member.config.get(key) for member in members]
-            if any(value != first[key] for value in values):
+            values = [getattr(member.config, key) for member in members]
+            if any(value != getattr(first, key) for value in values):
                 raise ValueError(f"ensemble members differ in '{key}': {values}")
         self.members, self.tta = members, tta
-        self.config = {**{key: first.get(key) for key in SHARED}, "members": len(members),
-                       "tta": tta}
+        self.config = EnsembleConfig(**{key: getattr(first, key) for key in SHARED},
+                                     members=len(members), tta=tta)
 
     def predict(self, images: np.ndarray, batch_size: int) -> np.ndarray:
         """N x C class probabilities (float64), the mean over members and views."""
@@ -191,7 +210,7 @@ def load_classifier(model_dir: Path, backend: str = "torch", device: torch.devic
         raise SystemExit(f"--backend onnx: {model_dir / onnx_file} not found; run the export "
                          "stage (dvc repro export)")
     return Classifier(OnnxBackend(model_dir / onnx_file, memory_arena),
-                      read_json(model_dir / CONFIG_NAME))
+                      ModelConfig.load(model_dir))
 
 
 def expand_inputs(items: list[str]) -> Iterator[tuple[str, str | None]]:
@@ -222,7 +241,7 @@ def export_onnx(classifier: Classifier, target: Path, opset: int) -> None:
     features, and a dynamic batch size."""
     import onnx  # only the export needs it
 
-    size = classifier.config["image_size"]
+    size = classifier.config.image_size
     example = torch.zeros(2, 3, size, size)
     with atomic_path(target) as tmp:
         torch.onnx.export(WithFeatures(classifier.backend.model).eval(), (example,), str(tmp),

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     def compare(rows: np.ndarray) -> dict:
         return comparison(labels[rows], [probs[rows] for probs in member_probs], sources,
                           {name: probs[rows] for name, probs in combined.items()},
-                          ensemble.config["classes"], resamples, seed)
+                          ensemble.config.classes, resamples, seed)
 
     result = compare(np.ones(len(labels), dtype=bool))
     if "test_copy" in table:  # dedup.keep_test_copies: also the de-duplicated test set

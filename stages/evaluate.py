@@ -66,8 +66,8 @@ def external(params: Params, classifier: Classifier, detector: OodDetector | Non
     pixels, labels, rejected = [], [], 0
     for candidate in walk.candidates:
         try:
-            pixels.append(prepare_image(folder / candidate.path, config["image_size"],
-                                        config["resize"]))
+            pixels.append(prepare_image(folder / candidate.path, config.image_size,
+                                        config.resize))
             labels.append(params.classes.index(candidate.label_name))
         except ImageError:
             rejected += 1
@@ -97,8 +97,8 @@ def gradcam_overlays(classifier: Classifier, part: pd.DataFrame, pixels: np.ndar
     for (name, correct), rows in part.groupby(["class", "correct"], sort=True):
         for index in rows.index[:per_class]:
             png = gradcam_png(model, pixels[index],
-                              config["classes"].index(part.at[index, "predicted"]),
-                              config["mean"], config["std"])
+                              config.classes.index(part.at[index, "predicted"]),
+                              config.mean, config.std)
             target = PLOTS / "gradcam" / (f"{name}_{'correct' if correct else 'wrong'}_"
                                           f"{Path(part.at[index, 'path']).stem}.png")
             with atomic_path(target) as tmp:
@@ -151,9 +151,9 @@ def main() -> None:
     overlays = gradcam_overlays(classifier, test, np.asarray(arrays["test"]),
                                 settings.gradcam_per_class)
 
-    report = {"config": params.model_dump(), "model": {k: config[k] for k in (
+    report = {"config": params.model_dump(), "model": config.model_dump(include={
                   "model", "image_size", "resize", "pretrained", "best_epoch", "monitor",
-                  "best_value")},
+                  "best_value"}),
               "data": {s: len(p) for s, p in parts.items()}, "metrics": metrics}
     summary = summary_table(metrics)
     write_json(REPORT_DIR / "report.json", report)

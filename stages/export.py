@@ -18,6 +18,7 @@ from medimg.evaluation.metrics import accuracy
 from medimg.inference import ONNX_NAME, ONNX_SIDECAR, export_onnx, load_classifier
 from medimg.io import atomic_path, write_json
 from medimg.params import load_params
+from medimg.training.models import ModelConfig
 
 MODEL_DIR = Path("models")
 INT8_DIR = MODEL_DIR / "int8"  # a folder, so the output exists when int8 is off
@@ -25,22 +26,22 @@ PREPARED = Path("data/prepared")
 REPORT = Path("metrics/report/export.json")
 
 
-def sidecar(config: dict) -> dict:
+def sidecar(config: ModelConfig) -> dict:
     return {
         "model": ONNX_NAME,
-        "input": {"name": "image", "shape": ["batch", 3, config["image_size"],
-                                              config["image_size"]], "dtype": "float32"},
+        "input": {"name": "image", "shape": ["batch", 3, config.image_size,
+                                              config.image_size], "dtype": "float32"},
         "output": {"name": "logits", "activation": "sigmoid of the one logit = probability of "
-                   f"{config['classes'][1]}" if len(config["classes"]) == 2 else "softmax"},
+                   f"{config.classes[1]}" if len(config.classes) == 2 else "softmax"},
         "features": {"name": "features", "shape": ["batch", "features"],
                      "use": "pooled penultimate features, scored by the out-of-distribution "
                             "detector (ood.json)"},
-        "classes": config["classes"],
+        "classes": config.classes,
         "preprocessing": {
             "decode": "EXIF orientation applied; any mode to 8-bit RGB, transparency on white",
-            "resize": f"{config['resize']} to {config['image_size']}x{config['image_size']}, "
+            "resize": f"{config.resize} to {config.image_size}x{config.image_size}, "
                       "bicubic",
-            "scale": "divide by 255", "mean": config["mean"], "std": config["std"],
+            "scale": "divide by 255", "mean": config.mean, "std": config.std,
             "layout": "NCHW"},
     }
 

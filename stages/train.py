@@ -31,7 +31,7 @@ from medimg.devices import (
 from medimg.io import write_json
 from medimg.params import Params, load_params
 from medimg.training.datasets import ArrayDataset, train_transform
-from medimg.training.models import create_model, normalisation, save_checkpoint
+from medimg.training.models import ModelConfig, create_model, normalisation, save_checkpoint
 from medimg.training.trainer import (
     Best,
     EpochLog,
@@ -167,23 +167,23 @@ def main() -> None:
     if live is None:
         return
     model.load_state_dict(best.state)
-    save_checkpoint(MODEL_DIR, model, {
-        "model": params.model.name,
-        "classes": params.classes,
-        "image_size": params.prepare.image_size,
-        "resize": params.prepare.resize,
-        "decode": decode_rules(params),
+    save_checkpoint(MODEL_DIR, model, ModelConfig(
+        model=params.model.name,
+        classes=params.classes,
+        image_size=params.prepare.image_size,
+        resize=params.prepare.resize,
+        decode=decode_rules(params),
         **normalisation(model),
-        "pretrained": params.model.pretrained,
-        "train": train.model_dump(),
-        "seed": params.seed,
-        "data_sha256": file_sha256(PREPARED / "train.npy"),
-        "best_epoch": best.epoch,
-        "monitor": train.monitor,
-        "best_value": best.value,
-        "timm": timm.__version__,
-        "torch": torch.__version__,
-    })
+        pretrained=params.model.pretrained,
+        train=train.model_dump(),
+        seed=params.seed,
+        data_sha256=file_sha256(PREPARED / "train.npy"),
+        best_epoch=best.epoch,
+        monitor=train.monitor,
+        best_value=best.value,
+        timm=timm.__version__,
+        torch=torch.__version__,
+    ))
     write_metrics(best, params, trainer.history)
     trainer.clear_state()
     print(f"train: best epoch {best.epoch}, {train.monitor} {best.value:.4f}; wrote {MODEL_DIR}")

@@ -73,7 +73,12 @@ def train_tiny_model(folder: Path, **decode: int) -> Path:
     """timm's tiny test model trained to tell red pictures from grey ones, saved as the
     train stage saves a checkpoint (decoding rules from params.yaml unless given)."""
     from medimg.params import load_params
-    from medimg.training.models import create_model, normalisation, save_checkpoint
+    from medimg.training.models import (
+        ModelConfig,
+        create_model,
+        normalisation,
+        save_checkpoint,
+    )
     from medimg.training.trainer import Trainer, seed_everything
 
     params = load_params(REPO / "params.yaml")
@@ -83,9 +88,9 @@ def train_tiny_model(folder: Path, **decode: int) -> Path:
         "epochs": 4, "freeze_epochs": 0, "batch_size": 8, "lr": 1e-2, "device": "cpu"})
     Trainer(model, Pictures(32), Pictures(8), train, seed=0, num_classes=2).fit()
     rules = {"max_pixels": params.dedup.max_pixels, "min_side": params.dedup.min_side, **decode}
-    save_checkpoint(folder, model, {"model": "test_efficientnet", "classes": TINY_CLASSES,
-                                    "image_size": 32, "resize": "squash", "decode": rules,
-                                    **normalisation(model)})
+    save_checkpoint(folder, model, ModelConfig(
+        model="test_efficientnet", classes=TINY_CLASSES, image_size=32, resize="squash",
+        decode=rules, **normalisation(model)))
     return folder
 
 

@@ -40,10 +40,10 @@ import pandas as pd
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from medimg.inference import Classifier, TorchBackend, load_classifier
+from medimg.training.models import ModelConfig, packaged_weights
 
-from medimg.inference import Classifier, TorchBackend, load_classifier  # noqa: E402
-from medimg.training.models import PACKAGED_WEIGHTS  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 SPLITS = ("train", "val", "test")
 # PyTorch's peak, then what dvclive's system monitor reads from NVML.
@@ -179,18 +179,20 @@ def check(args: argparse.Namespace) -> dict:
                     "num_workers": args.workers, "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}
     code, seconds = run_stage("pretrained", args.work, log)
-    weights = args.work / PACKAGED_WEIGHTS
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    converted = packaged_weights(params["model"]["name"])
+    weights = args.work / converted
     result["pretrained"] = {"returncode": code, "seconds": seconds,
                             "md5": md5(weights) if weights.is_file() else None,
-                            "dvc_lock_md5": locked_md5(str(PACKAGED_WEIGHTS))}
+                            "dvc_lock_md5": locked_md5(str(converted))}
     code, seconds = run_stage("train", args.work, log)
     result["train"] = {"returncode": code, "seconds": seconds,
                        "log_tail": log.read_text(errors="replace").splitlines()[-25:]}
     if code == 0:
         result["dvclive"] = dvclive_figures(args.work)
-        config = json.loads((args.work / "models" / "model.json").read_text())
-        result["checkpoint"] = {"train_device": config["train"]["device"],
-                                "best_epoch": config["best_epoch"],
+        config = ModelConfig.load(args.work / "models")
+        result["checkpoint"] = {"train_device": config.train["device"],
+                                "best_epoch": config.best_epoch,
                                 "md5": md5(args.work / "models" / "model.safetensors")}
         result["predictions"] = predictions(args.work, torch.device(args.device))
         shutil.copy(args.work / "models" / "model.safetensors",

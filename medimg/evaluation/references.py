@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw, ImageFont
 from medimg.data.images import load_rgb, stretch
 from medimg.data.prepared import resize_square
 from medimg.data.volumes import brain_slices
+from medimg.training.models import ModelConfig
 
 MIN_FOREGROUND = 0.10  # an MRI slice counts when at least this share of it is brain
 EVERYDAY_FILES = (
@@ -76,9 +77,9 @@ def source_file(name: str) -> str:
     return name.split("#")[0]
 
 
-def model_inputs(images: dict[str, np.ndarray], config: dict) -> np.ndarray:
+def model_inputs(images: dict[str, np.ndarray], config: ModelConfig) -> np.ndarray:
     """A set's images resized as the model's inputs are (the model's model.json)."""
-    return np.stack([resize_square(pixels, config["image_size"], config["resize"])
+    return np.stack([resize_square(pixels, config.image_size, config.resize)
                      for pixels in images.values()])
 
 

@@ -59,7 +59,7 @@ def fill(rows: list[dict], pending: list[tuple[int, Frame]], predictor: Predicto
                          ood_score=answer["ood_score"],
                          **{f"prob_{c}": p for c, p in answer["probabilities"].items()})
         if gradcam:
-            target = predictor.config["classes"].index(answer["predicted"])
+            target = predictor.config.classes.index(answer["predicted"])
             save_gradcam(predictor.gradcam_png(frame.pixels, target), frame, gradcam)
     pending.clear()
 
@@ -69,7 +69,7 @@ def classify(paths: list[str], args: argparse.Namespace) -> pd.DataFrame:
     if args.gradcam and isinstance(predictor.classifier, Ensemble):
         raise SystemExit(f"--gradcam: {args.model} is an ensemble; Grad-CAM explains one "
                          f"model, so pass one member's folder")
-    classes = predictor.config["classes"]
+    classes = predictor.config.classes
     rows: list[dict] = []
     pending: list[tuple[int, Frame]] = []
     for path, error in expand_inputs(paths):

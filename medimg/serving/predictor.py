@@ -25,9 +25,10 @@ from medimg.inference import (
     ONNX_NAME,
     Classifier,
     Ensemble,
+    EnsembleConfig,
     load_classifier,
 )
-from medimg.training.models import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint
+from medimg.training.models import CONFIG_NAME, WEIGHTS_NAME, ModelConfig, load_checkpoint
 
 
 @dataclass(frozen=True)
@@ -39,14 +40,14 @@ class Frame:
     error: str | None  # why the image cannot be classified
 
 
-def model_identity(model_dir: Path, backend: str, config: dict) -> dict:
+def model_identity(model_dir: Path, backend: str, config: ModelConfig | EnsembleConfig) -> dict:
     """What every answer names: the hash of the file that computes it, classes, size."""
     if (model_dir / ENSEMBLE_NAME).is_file():
         served = model_dir / ENSEMBLE_NAME
     else:
         served = model_dir / (ONNX_NAME if backend == "onnx" else WEIGHTS_NAME)
-    return {"sha256": file_sha256(served), "file": served.name, "classes": config["classes"],
-            "image_size": config["image_size"], "backend": backend}
+    return {"sha256": file_sha256(served), "file": served.name, "classes": config.classes,
+            "image_size": config.image_size, "backend": backend}
 
 
 class Predictor:
@@ -57,10 +58,7 @@ class Predictor:
         self.model_dir, self.classifier, self.detector = model_dir, classifier, detector
         self.identity = identity
         self.config = classifier.config
-        if not self.config.get("decode"):  # an ensemble of old members has it as None
-            raise SystemExit(f"{model_dir / CONFIG_NAME}: no 'decode' section (max_pixels, "
-                             "min_side); retrain the model with this version (dvc repro train)")
-        self.rules = self.config["decode"]
+        self.rules = self.config.decode  # model.json without it does not load (ModelConfig)
         self._explainer: torch.nn.Module | None = None
         self._explainer_lock = threading.Lock()
 
@@ -68,24 +66,24 @@ class Predictor:
         """The file's images resized to the model's input, one per frame; a file that
         cannot be used gives one Frame with the reason."""
         try:
-            decoded = load_frames(source, self.rules["max_pixels"])
+            decoded = load_frames(source, self.rules.max_pixels)
         except ImageError as err:
             return [Frame(name, None, None, str(err))]
         frames = []
         for index, image in enumerate(decoded):
             number = index if len(decoded) > 1 else None
             try:
-                check_min_side(image.pixels, self.rules["min_side"])
+                check_min_side(image.pixels, self.rules.min_side)
             except ImageError as err:
                 frames.append(Frame(name, number, None, str(err)))
                 continue
-            pixels = resize_square(image.pixels, self.config["image_size"], self.config["resize"])
+            pixels = resize_square(image.pixels, self.config.image_size, self.config.resize)
             frames.append(Frame(name, number, pixels, None))
         return frames
 
     def predict(self, images: np.ndarray) -> list[dict]:
         """One answer per uint8 N x S x S x 3 image, from one batched model call."""
-        classes = self.config["classes"]
+        classes = self.config.classes
         if self.detector is None:
             probs, scores, accepted = self.classifier.predict(images, len(images)), None, None
         else:
@@ -108,8 +106,8 @@ class Predictor:
         with self._explainer_lock:
             if self._explainer is None:
                 self._explainer = load_checkpoint(self.model_dir)[0]
-            return gradcam_png(self._explainer, pixels, target, self.config["mean"],
-                               self.config["std"])
+            return gradcam_png(self._explainer, pixels, target, self.config.mean,
+                               self.config.std)
 
 
 def load_predictor(model_dir: Path, backend: str = "onnx",

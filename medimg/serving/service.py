@@ -131,7 +131,7 @@ class Service:
     async def warm_up(self) -> None:
         """One model call on a full batch of blank images, so that no request pays for the
         first call or for the memory the largest batch needs."""
-        size = self.predictor.config["image_size"]
+        size = self.predictor.config.image_size
         blank = np.zeros((self.settings.max_batch, size, size, 3), np.uint8)
         try:
             await asyncio.to_thread(self.predictor.predict, blank)
@@ -160,7 +160,7 @@ class Service:
         return results
 
     async def add_gradcams(self, frames: list[Frame], results: list[FileResult]) -> None:
-        classes = self.predictor.config["classes"]
+        classes = self.predictor.config.classes
         for frame, entry in zip(frames, results, strict=True):
             if entry.predicted is None:
                 continue

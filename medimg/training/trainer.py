@@ -29,7 +29,7 @@ from medimg.evaluation.metrics import classification_metrics
 from medimg.inference import Classifier, TorchBackend, normalise
 from medimg.io import atomic_path
 from medimg.params import MONITORED, TrainParams
-from medimg.training.models import normalisation, probabilities
+from medimg.training.models import Normalisation, normalisation, probabilities
 
 STATE_FILE = "state.pt"
 CPU = torch.device("cpu")
@@ -193,7 +193,8 @@ def validate(model: nn.Module, loader: DataLoader, criterion: nn.Module,
              device: torch.device = CPU, bf16: bool = False) -> dict:
     """Loss, accuracy, macro F1 and ROC-AUC on the loader's (unshuffled) items, predicted
     the way evaluate and predict do."""
-    classifier = Classifier(TorchBackend(model, device, bf16), normalisation(model))
+    classifier = Classifier(TorchBackend(model, device, bf16),
+                            Normalisation(**normalisation(model)))
     logits = classifier.logits(images for images, _ in loader)
     labels = torch.as_tensor(np.asarray(loader.dataset.labels))
     metrics = classification_metrics(labels.numpy(), probabilities(logits).numpy())

@@ -16,7 +16,7 @@ from medimg.evaluation.metrics import accuracy
 from medimg.evaluation.scores import paired_difference_interval
 from medimg.inference import Ensemble, load_classifier
 from medimg.serving import predict
-from medimg.training.models import create_model, normalisation, save_checkpoint
+from medimg.training.models import ModelConfig, create_model, normalisation, save_checkpoint
 from scripts import ensemble as ensemble_script
 
 CLASSES = ["grey", "red"]
@@ -26,10 +26,9 @@ def member(folder: Path, seed: int, image_size: int = 32) -> Path:
     """An untrained tiny model: members with other seeds give other probabilities."""
     torch.manual_seed(seed)
     model = create_model("test_efficientnet", "none", 2)
-    save_checkpoint(folder, model, {"model": "test_efficientnet", "classes": CLASSES,
-                                    "image_size": image_size, "resize": "squash",
-                                    "decode": {"max_pixels": 10**6, "min_side": 16},
-                                    **normalisation(model)})
+    save_checkpoint(folder, model, ModelConfig(
+        model="test_efficientnet", classes=CLASSES, image_size=image_size, resize="squash",
+        decode={"max_pixels": 10**6, "min_side": 16}, **normalisation(model)))
     return folder
 
 

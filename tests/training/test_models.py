@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 import warnings
@@ -15,6 +16,8 @@ from sklearn.metrics import log_loss
 from medimg.data.prepared import resize_square
 from medimg.inference import Classifier, TorchBackend
 from medimg.training.models import (
+    ModelConfig,
+    Normalisation,
     convert_packaged,
     create_model,
     load_checkpoint,
@@ -62,7 +65,8 @@ def test_converted_packaged_weights_know_imagenet(name, size, tmp_path) -> None:
     assert model.pretrained_cfg["input_size"] == (3, size, size)
     image = Image.open(str(files("skimage") / "data" / "chelsea.png")).convert("RGB")
     pixels = resize_square(np.asarray(image), size, "squash")
-    probs = Classifier(TorchBackend(model), normalisation(model)).predict(pixels[None], 1)[0]
+    probs = Classifier(TorchBackend(model), Normalisation(**normalisation(model))).predict(
+        pixels[None], 1)[0]
     assert int(probs.argmax()) == 285  # Egyptian cat
     assert float(probs[285]) > 0.5
 
@@ -122,12 +126,14 @@ def test_hub_source_uses_timms_download_path_offline(tmp_path) -> None:
 def test_checkpoint_round_trip_gives_identical_logits(tmp_path) -> None:
     torch.manual_seed(0)
     model = create_model(TINY, "none", 2).eval()
-    save_checkpoint(tmp_path, model, {"model": TINY, "classes": ["a", "b"], "image_size": 32})
-    loaded, config = load_checkpoint(tmp_path)
+    config = ModelConfig(model=TINY, classes=["a", "b"], image_size=32, resize="squash",
+                         decode={"max_pixels": 10**6, "min_side": 16}, **normalisation(model))
+    save_checkpoint(tmp_path, model, config)
+    loaded, loaded_config = load_checkpoint(tmp_path)
     images = torch.randn(3, 3, 32, 32)
     with torch.inference_mode():
         assert torch.equal(model(images), loaded(images))
-    assert config["classes"] == ["a", "b"]
+    assert loaded_config == config
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.safetensors"]
 
 
@@ -147,3 +153,19 @@ def test_probabilities_sum_to_one_as_scikit_learn_checks() -> None:
         warnings.simplefilter("error")  # "y_prob values do not sum to one" would raise
         log_loss(labels, probs, labels=np.arange(7))
     assert np.abs(probs.sum(axis=1) - 1.0).max() < 1e-12
+
+
+def test_a_model_json_that_does_not_fit_stops_in_one_line_naming_the_file(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = create_model(TINY, "none", 2)
+    save_checkpoint(tmp_path, model, ModelConfig(
+        model=TINY, classes=["a", "b"], image_size=32, resize="squash",
+        decode={"max_pixels": 10**6, "min_side": 16}, **normalisation(model)))
+    config = json.loads((tmp_path / "model.json").read_text())
+    del config["decode"]  # as an older train stage wrote it
+    (tmp_path / "model.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit) as stopped:
+        load_checkpoint(tmp_path)
+    message = str(stopped.value)
+    assert message.startswith(f"{tmp_path / 'model.json'}: field required for 'decode'")
+    assert "\n" not in message
