@@ -260,12 +260,12 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
         raise ParamsError(_first_error(err, path)) from err
 
 
-def flatten(mapping: dict, prefix: str = "") -> dict[str, object]:
-    """The leaves of a nested mapping by dotted name."""
+def flatten(mapping: dict, prefix: str = "", separator: str = ".") -> dict[str, object]:
+    """The leaves of a nested mapping by their joined names (`train.lr`)."""
     leaves: dict[str, object] = {}
     for key, value in mapping.items():
         if isinstance(value, dict):
-            leaves.update(flatten(value, f"{prefix}{key}."))
+            leaves.update(flatten(value, f"{prefix}{key}{separator}", separator))
         else:
             leaves[f"{prefix}{key}"] = value
     return leaves

@@ -41,6 +41,7 @@ import torch
 import yaml
 
 from medimg.inference import Classifier, TorchBackend, load_classifier
+from medimg.params import flatten
 from medimg.training.models import ModelConfig, packaged_weights
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,19 +98,9 @@ def run_stage(name: str, work: Path, log: Path) -> tuple[int, float]:
     return done.returncode, round(time.perf_counter() - start, 1)
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}/"))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def dvclive_figures(work: Path) -> dict:
     live = work / "metrics" / "train"
-    metrics = flatten(json.loads((live / "metrics.json").read_text()))
+    metrics = flatten(json.loads((live / "metrics.json").read_text()), separator="/")
     plots = live / "plots" / "metrics"
     steps = {key: len(pd.read_csv(plots / f"{key}.tsv", sep="\t"))
              for key in ("train/loss", *GPU_KEYS, "data_wait_share")
