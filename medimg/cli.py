@@ -9,9 +9,10 @@
 
 import sys
 
+from medimg.errors import run
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+
+def dispatch(argv: list[str]) -> int:
     command, options = (argv[0], argv[1:]) if argv else ("", [])
     # Imported on demand: predict need not load the web stack.
     if command == "predict":
@@ -23,3 +24,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(__doc__.strip(), file=sys.stderr)
     return 0 if command in ("-h", "--help") else 2
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`medimg ...`: a UserError ends it with its one line and status 1."""
+    run(lambda: dispatch(sys.argv[1:] if argv is None else argv))

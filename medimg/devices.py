@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from medimg.errors import ParamsError
+
 
 def resolve_device(name: str) -> torch.device:
     """`auto` picks CUDA, then Apple's MPS, then the CPU; under torchrun each process
@@ -22,7 +24,7 @@ def resolve_device(name: str) -> torch.device:
             name = "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit("train.device: cuda requested but no CUDA device is available")
+            raise ParamsError("train.device: cuda requested but no CUDA device is available")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(name)
 

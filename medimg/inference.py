@@ -21,6 +21,7 @@ import torch
 
 from medimg.data.images import is_image_name
 from medimg.devices import autocast
+from medimg.errors import ModelError
 from medimg.io import atomic_path, read_json
 from medimg.training.models import (
     DecodeRules,
@@ -155,7 +156,7 @@ class Classifier:
         N x H x W x 3 images."""
         logits, features = self.outputs(in_batches(images, batch_size))
         if features is None:
-            raise ValueError("this ONNX model has no features output; run the export stage "
+            raise ModelError("this ONNX model has no features output; run the export stage "
                              "again (dvc repro export)")
         return probabilities(logits).numpy(), features.numpy()
 
@@ -175,7 +176,7 @@ class Ensemble:
         for key in SHARED:
             values = [getattr(member.config, key) for member in members]
             if any(value != getattr(first, key) for value in values):
-                raise ValueError(f"ensemble members differ in '{key}': {values}")
+                raise ModelError(f"ensemble members differ in '{key}': {values}")
         self.members, self.tta = members, tta
         self.config = EnsembleConfig(**{key: getattr(first, key) for key in SHARED},
                                      members=len(members), tta=tta)
@@ -207,7 +208,7 @@ def load_classifier(model_dir: Path, backend: str = "torch", device: torch.devic
     if backend != "onnx":
         raise ValueError(f"unknown backend {backend!r}; use torch or onnx")
     if not (model_dir / onnx_file).is_file():
-        raise SystemExit(f"--backend onnx: {model_dir / onnx_file} not found; run the export "
+        raise ModelError(f"--backend onnx: {model_dir / onnx_file} not found; run the export "
                          "stage (dvc repro export)")
     return Classifier(OnnxBackend(model_dir / onnx_file, memory_arena),
                       ModelConfig.load(model_dir))

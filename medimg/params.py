@@ -18,6 +18,8 @@ from pydantic import (
     model_validator,
 )
 
+from medimg.errors import ParamsError
+
 PARAMS_FILE = Path("params.yaml")
 # train.monitor's choices and the validation metric each one reads.
 MONITORED = {"val_f1": "f1_macro", "val_loss": "loss", "val_accuracy": "accuracy",
@@ -209,10 +211,6 @@ class Params(Section):
             raise ValueError("dedup.keep_test_copies needs split.respect_existing, the test "
                              "folder whose copies it keeps")
         return self
-
-
-class ParamsError(SystemExit):
-    """Raised with a one-line message; as a SystemExit it ends a stage without a traceback."""
 
 
 def _known_keys(loc: tuple) -> list[str]:

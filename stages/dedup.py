@@ -27,7 +27,8 @@ from medimg.data.catalog import (
     similarity_report,
 )
 from medimg.data.contact import Tile, write_sheets
-from medimg.data.walk import DatasetError, walk_dataset
+from medimg.data.walk import walk_dataset
+from medimg.errors import DatasetError, run
 from medimg.io import write_csv, write_json, write_npy
 from medimg.params import DataParams, DedupParams, load_params
 
@@ -137,7 +138,8 @@ def main() -> None:
         "rejected": len(rejects),
         "ignored": len(ignored),
     }
-    assert counts["found"] == sum(v for k, v in counts.items() if k != "found"), counts
+    if counts["found"] != sum(v for k, v in counts.items() if k != "found"):
+        raise RuntimeError(f"dedup: the tables do not account for every file: {counts}")
     if not dedup.enabled:
         counts["left_in"] = {match: int(left_in.get(match, 0))
                              for match in ("exact", "pixel", "near", "conflict")}
@@ -161,4 +163,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -17,6 +17,7 @@ from medimg.data.images import ImageError
 from medimg.data.prepared import prepare_image
 from medimg.data.walk import walk_dataset
 from medimg.devices import reproducible_cpu, resolve_device
+from medimg.errors import run
 from medimg.evaluation import plots
 from medimg.evaluation.gradcam import gradcam_png
 from medimg.evaluation.ood import OodDetector
@@ -172,4 +173,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from medimg.devices import reproducible_cpu
+from medimg.errors import ModelError, run
 from medimg.evaluation.metrics import accuracy
 from medimg.inference import ONNX_NAME, ONNX_SIDECAR, export_onnx, load_classifier
 from medimg.io import atomic_path, write_json
@@ -80,10 +81,10 @@ def main() -> None:
                           "accuracy_change": int8["accuracy"] - report["torch_accuracy"]}
     write_json(REPORT, report)
     if onnx["max_abs_probability_difference"] > settings.tolerance or not onnx["labels_identical"]:
-        raise SystemExit(f"export: ONNX differs from PyTorch: {onnx}")
+        raise ModelError(f"export: ONNX differs from PyTorch: {onnx}")
     print(f"export: {len(labels)} test images, max |dp| "
           f"{onnx['max_abs_probability_difference']:.2e}, labels identical")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from medimg.devices import reproducible_cpu
+from medimg.errors import run
 from medimg.evaluation.ood import fit_detector
 from medimg.evaluation.references import model_inputs, outlier_exposure, source_file
 from medimg.inference import Classifier, load_classifier
@@ -53,4 +54,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

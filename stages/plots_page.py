@@ -12,6 +12,7 @@ from pathlib import Path
 
 import vl_convert
 
+from medimg.errors import run
 from medimg.io import atomic_path
 from medimg.params import load_params
 
@@ -68,4 +69,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

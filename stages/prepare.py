@@ -13,6 +13,7 @@ import pandas as pd
 
 from medimg.data.prepared import prepare_image
 from medimg.data.splitting import SPLITS
+from medimg.errors import run
 from medimg.io import atomic_dir
 from medimg.parallel import process_map
 from medimg.params import load_params
@@ -47,4 +48,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

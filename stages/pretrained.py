@@ -4,6 +4,7 @@ network access is needed."""
 
 from importlib.metadata import version
 
+from medimg.errors import run
 from medimg.params import load_params
 from medimg.training.models import (
     PACKAGED,
@@ -25,4 +26,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -18,6 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from medimg.data.volumes import brain_slices
+from medimg.errors import run
 from medimg.io import atomic_dir
 from medimg.params import SampleParams, load_params
 
@@ -152,4 +153,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -25,6 +25,7 @@ from medimg.data.splitting import (
     closest_pairs,
     leakage,
 )
+from medimg.errors import SplitError, run
 from medimg.io import write_csv, write_json
 from medimg.params import load_params
 
@@ -102,7 +103,7 @@ def main() -> None:
     if len(offenders) and params.dedup.enabled:
         listing = "; ".join(f"{r.kind}: {r.a} <-> {r.b} ({r.detail})"
                             for r in offenders.head(20).itertuples())
-        raise SystemExit(f"split: {len(offenders)} leaks across splits: {listing}")
+        raise SplitError(f"split: {len(offenders)} leaks across splits: {listing}")
     report = split_table(table, params.classes)
     report["overlap"] = overlap
     if not params.dedup.enabled:  # the leaky baseline: measured, not refused
@@ -141,4 +142,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

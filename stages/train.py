@@ -28,6 +28,7 @@ from medimg.devices import (
     reproducible_cpu,
     resolve_device,
 )
+from medimg.errors import run
 from medimg.io import write_json
 from medimg.params import Params, load_params
 from medimg.training.datasets import ArrayDataset, train_transform
@@ -190,4 +191,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -16,6 +16,11 @@ from scipy.ndimage import gaussian_filter
 
 from medimg.parallel import process_map
 
+# OpenCV's own thread pool does not survive fork: a process-pool worker forked while the
+# parent's OpenCV threads existed waited forever inside connectedComponentsWithStats (seen
+# in the test suite). The work is spread over processes (medimg.parallel) instead.
+cv2.setNumThreads(1)
+
 THUMB_SIZE = 64  # greyscale thumbnail for the pixel checks; pHash uses it at 32x32
 DETAIL_SIGMA = 1.5  # fine detail: the thumbnail minus its blur of this width
 HASH_BITS = 64

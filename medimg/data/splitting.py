@@ -4,13 +4,10 @@ import numpy as np
 import pandas as pd
 
 from medimg.data.perceptual import correlation, detail_correlation, near_pairs, phash_values
+from medimg.errors import SplitError
 
 SPLITS = ("train", "val", "test")
 EXCLUDED = "excluded"
-
-
-class SplitError(SystemExit):
-    """A split that cannot give an honest evaluation; the message says why, in one line."""
 
 
 def allocate_groups(labels: np.ndarray, groups: np.ndarray, shares: dict[str, float],
@@ -54,7 +51,7 @@ def assign_splits(table: pd.DataFrame, val: float, test: float, seed: int, folds
     if respect_existing is not None:
         in_test = (table["origin"] == respect_existing).to_numpy()
         if not in_test.any():
-            raise ValueError(f"split.respect_existing: no image has origin '{respect_existing}'")
+            raise SplitError(f"split.respect_existing: no image has origin '{respect_existing}'")
         split[in_test] = "test"
         split[~in_test & np.isin(groups, groups[in_test])] = EXCLUDED
     elif test > 0:

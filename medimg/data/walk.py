@@ -8,12 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medimg.data.images import dicom_frame_count, frame_path, is_image_name
+from medimg.errors import DatasetError
 
 OS_FILES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
-
-
-class DatasetError(SystemExit):
-    """A dataset that cannot be used at all; the message says why, in one line."""
 
 
 @dataclass(frozen=True)

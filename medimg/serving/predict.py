@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medimg.errors import UserError
 from medimg.inference import Ensemble, expand_inputs
 from medimg.io import atomic_path, write_csv, write_json
 from medimg.serving.predictor import Frame, Predictor, load_predictor
@@ -67,7 +68,7 @@ def fill(rows: list[dict], pending: list[tuple[int, Frame]], predictor: Predicto
 def classify(paths: list[str], args: argparse.Namespace) -> pd.DataFrame:
     predictor = load_predictor(args.model, args.backend)
     if args.gradcam and isinstance(predictor.classifier, Ensemble):
-        raise SystemExit(f"--gradcam: {args.model} is an ensemble; Grad-CAM explains one "
+        raise UserError(f"--gradcam: {args.model} is an ensemble; Grad-CAM explains one "
                          f"model, so pass one member's folder")
     classes = predictor.config.classes
     rows: list[dict] = []

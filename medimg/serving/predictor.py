@@ -18,6 +18,7 @@ import torch
 from medimg.data.hashing import file_sha256
 from medimg.data.images import ImageError, Source, check_min_side, load_frames
 from medimg.data.prepared import resize_square
+from medimg.errors import ModelError
 from medimg.evaluation.gradcam import gradcam_png
 from medimg.evaluation.ood import OodDetector
 from medimg.inference import (
@@ -101,7 +102,7 @@ class Predictor:
         """The Grad-CAM overlay of class `target` on one decoded image, as PNG bytes; it
         needs the PyTorch checkpoint, loaded once on first use."""
         if isinstance(self.classifier, Ensemble):
-            raise ValueError("Grad-CAM explains one model, not an ensemble")
+            raise ModelError("Grad-CAM explains one model, not an ensemble")
         # A model of its own: Grad-CAM's hooks must not see a batch predicted meanwhile.
         with self._explainer_lock:
             if self._explainer is None:
@@ -116,7 +117,7 @@ def load_predictor(model_dir: Path, backend: str = "onnx",
     `backend` (onnx or torch; ONNX Runtime with or without its memory arena), with its
     out-of-distribution detector when it has one."""
     if not any((model_dir / name).is_file() for name in (CONFIG_NAME, ENSEMBLE_NAME)):
-        raise SystemExit(f"--model {model_dir}: no {CONFIG_NAME} (or {ENSEMBLE_NAME}) there; "
+        raise ModelError(f"--model {model_dir}: no {CONFIG_NAME} (or {ENSEMBLE_NAME}) there; "
                          "train one with dvc repro, or point --model at a model folder")
     classifier = load_classifier(model_dir, backend, memory_arena=memory_arena)
     detector = None if isinstance(classifier, Ensemble) else OodDetector.load(model_dir)

@@ -23,6 +23,7 @@ from pathlib import Path
 import uvicorn
 from threadpoolctl import threadpool_limits
 
+from medimg.errors import UserError
 from medimg.serving.predictor import load_predictor
 from medimg.serving.service import Settings, create_app
 
@@ -60,7 +61,7 @@ def start_with_one_malloc_arena(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.max_batch < 1:
-        raise SystemExit(f"--max-batch must be at least 1, not {args.max_batch}")
+        raise UserError(f"--max-batch must be at least 1, not {args.max_batch}")
     settings = Settings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                         max_files=args.max_files, max_file_mb=args.max_file_mb,
                         max_request_mb=args.max_request_mb)

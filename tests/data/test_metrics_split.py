@@ -7,13 +7,13 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from medimg.data.prepared import resize_square
 from medimg.data.splitting import (
-    SplitError,
     allocate_groups,
     assign_splits,
     check_class_counts,
     closest_pairs,
     leakage,
 )
+from medimg.errors import SplitError
 from medimg.evaluation.metrics import classification_metrics
 
 
@@ -110,7 +110,7 @@ def test_respect_existing_keeps_the_test_folder_and_excludes_its_groups() -> Non
     partners = (table["origin"] == "Training") & np.isin(groups, groups[np.arange(40) % 8 == 0])
     assert (split[partners] == "excluded").all()
     assert set(split[~partners & (table["origin"] == "Training")]) == {"train", "val"}
-    with pytest.raises(ValueError, match="no image has origin 'Test'"):
+    with pytest.raises(SplitError, match="no image has origin 'Test'"):
         assign_splits(table, 0.15, 0.15, seed=0, respect_existing="Test")
 
 

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from conftest import REPO, save
+from medimg.errors import ModelError, UserError
 from medimg.evaluation.metrics import accuracy
 from medimg.evaluation.scores import paired_difference_interval
 from medimg.inference import Ensemble, load_classifier
@@ -51,7 +52,7 @@ def test_ensemble_is_the_mean_of_its_members_and_of_their_flipped_views(tmp_path
 
 def test_members_must_share_classes_and_decoding(tmp_path) -> None:
     small, large = member(tmp_path / "a", 0, 32), member(tmp_path / "b", 1, 64)
-    with pytest.raises(ValueError, match="members differ in 'image_size': \\[32, 64\\]"):
+    with pytest.raises(ModelError, match="members differ in 'image_size': \\[32, 64\\]"):
         Ensemble([load_classifier(small), load_classifier(large)])
 
 
@@ -127,7 +128,7 @@ def test_script_builds_a_folder_predict_uses_and_scores_members_and_ensemble(
     row = pd.read_csv(root / "p.csv").iloc[0]
     expected = load_classifier(root / "models/ensemble").predict(images(1, 9), 1)[0]
     assert row["prob_red"] == pytest.approx(expected[1], abs=1e-6)
-    with pytest.raises(SystemExit, match="is an ensemble; Grad-CAM explains one model"):
+    with pytest.raises(UserError, match="is an ensemble; Grad-CAM explains one model"):
         predict.main([str(picture), "--model", "models/ensemble", "--gradcam", "cams"])
 
 

@@ -14,6 +14,7 @@ import evaluate
 import ood
 from conftest import REPO, picture
 from medimg.devices import cpuinfo, is_x86_64
+from medimg.errors import ParamsError
 from medimg.evaluation.ood import OodDetector, fit_detector
 from medimg.evaluation.ood_figures import ood_headline
 from medimg.evaluation.references import (
@@ -26,7 +27,7 @@ from medimg.evaluation.references import (
 )
 from medimg.evaluation.scores import acceptance_curve, ood_acceptance, ood_auroc
 from medimg.inference import load_classifier
-from medimg.params import ParamsError, load_params
+from medimg.params import load_params
 
 WIDTH = 24  # feature dimension of the synthetic detectors
 HAS_AVX2 = is_x86_64() and "avx2" in cpuinfo().get("flags", "").split()

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medimg.params import ParamsError, load_params
+from medimg.errors import ParamsError
+from medimg.params import load_params
 
 
 def write_params(tmp_path: Path, repo: Path, edit) -> Path:

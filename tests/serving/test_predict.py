@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from conftest import picture, save
+from medimg.errors import ModelError
 from medimg.inference import ONNX_NAME, expand_inputs, export_onnx, load_classifier
 from medimg.serving import predict
 from medimg.serving.predictor import Predictor
@@ -123,5 +124,5 @@ def test_a_folder_is_decoded_and_classified_a_batch_at_a_time(model_dir, tmp_pat
 
 def test_a_folder_without_a_model_is_a_one_line_error(tmp_path) -> None:
     save(tmp_path / "x.png", picture(1, True))
-    with pytest.raises(SystemExit, match=f"--model {tmp_path}: no model.json"):
+    with pytest.raises(ModelError, match=f"--model {tmp_path}: no model.json"):
         predict.main([str(tmp_path / "x.png"), "--model", str(tmp_path)])

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from sklearn.metrics import log_loss
 
 from medimg.data.prepared import resize_square
+from medimg.errors import ModelError, ParamsError
 from medimg.inference import Classifier, TorchBackend
 from medimg.training.models import (
     ModelConfig,
@@ -92,7 +93,7 @@ def test_packaged_model_gets_backbone_weights_and_a_new_head(packaged_dir,
 
 
 def test_pretrained_sources_fail_clearly(tmp_path) -> None:
-    with pytest.raises(ValueError, match="'packaged' weights exist only for"):
+    with pytest.raises(ParamsError, match="'packaged' weights exist only for"):
         create_model(TINY, "packaged", 2)
     with pytest.raises(FileNotFoundError, match="not found"):
         create_model(TINY, str(tmp_path / "absent.safetensors"), 2)
@@ -164,7 +165,7 @@ def test_a_model_json_that_does_not_fit_stops_in_one_line_naming_the_file(tmp_pa
     config = json.loads((tmp_path / "model.json").read_text())
     del config["decode"]  # as an older train stage wrote it
     (tmp_path / "model.json").write_text(json.dumps(config))
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(ModelError) as stopped:
         load_checkpoint(tmp_path)
     message = str(stopped.value)
     assert message.startswith(f"{tmp_path / 'model.json'}: field required for 'decode'")
