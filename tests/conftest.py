@@ -16,13 +16,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-# Reproducibility across machines (tests/pipeline/test_e2e.py; the README states the same): the CPU
-# vendors on which a fresh clone was verified natively to write the committed dvc.lock's
-# bytes, and how far the headline figures may move on any other CPU. The out-of-
-# distribution shares move most: one last-bit change of the weights moved them by 0.105.
+# Reproducibility across machines (tests/pipeline/test_e2e.py; the README states the
+# same): the CPU vendors on which a fresh clone was verified natively to write the
+# committed dvc.lock's bytes, and how far the headline figures may move on any other CPU.
+# The out-of-distribution shares move most: a last-bit change of the weights moved one
+# by 0.105.
 VERIFIED_VENDORS = ("AuthenticAMD",)
 METRIC_TOLERANCE = 0.02
 OOD_TOLERANCE = 0.15
+
 # Debian's chromium, which the page test drives and scripts/test.sh installs.
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
