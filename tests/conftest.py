@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from medimg.devices import cpuinfo, is_x86_64
+
 # Reproducibility across machines (tests/pipeline/test_e2e.py; the README states the
 # same): the CPU vendors on which a fresh clone was verified natively to write the
 # committed dvc.lock's bytes, and how far the headline figures may move on any other CPU.
@@ -24,6 +26,9 @@ from torch.utils.data import Dataset
 VERIFIED_VENDORS = ("AuthenticAMD",)
 METRIC_TOLERANCE = 0.02
 OOD_TOLERANCE = 0.15
+# Where the CPU pins apply (medimg.devices.reproducible_cpu) and OpenBLAS's Haswell
+# kernels run.
+HAS_AVX2 = is_x86_64() and "avx2" in cpuinfo().get("flags", "").split()
 
 # Debian's chromium, which the page test drives and scripts/test.sh installs.
 CHROMIUM = Path("/usr/bin/chromium")

@@ -12,8 +12,7 @@ import yaml
 
 import evaluate
 import ood
-from conftest import REPO, picture
-from medimg.devices import cpuinfo, is_x86_64
+from conftest import HAS_AVX2, REPO, picture
 from medimg.errors import ParamsError
 from medimg.evaluation.ood import OodDetector, fit_detector
 from medimg.evaluation.ood_figures import ood_headline
@@ -30,7 +29,6 @@ from medimg.inference import load_classifier
 from medimg.params import load_params
 
 WIDTH = 24  # feature dimension of the synthetic detectors
-HAS_AVX2 = is_x86_64() and "avx2" in cpuinfo().get("flags", "").split()
 
 
 def clusters(seed: int, count: int, centre: float) -> tuple[np.ndarray, np.ndarray]:

@@ -9,10 +9,8 @@ import sys
 
 import pytest
 
-from conftest import REPO
-from medimg.devices import CPU_PINS, cpuinfo, is_x86_64
-
-HAS_AVX2 = is_x86_64() and "avx2" in cpuinfo().get("flags", "").split()
+from conftest import HAS_AVX2, REPO
+from medimg.devices import CPU_PINS, cpuinfo
 
 # What a stage does: its imports, then the pins, then the model's kinds of work (a
 # convolution large enough for oneDNN, a matmul for MKL); prints what the CPU record says.
