@@ -30,10 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from medimg.devices import CPU_PINS, cpuinfo
+from medimg.docs import results_file
+from medimg.io import write_json
 
-from medimg.devices import CPU_PINS, cpuinfo  # noqa: E402
-from medimg.io import write_json  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "benchmarks/results/cpu_pins.json"
 NEEDED = ["data/prepared", "models/pretrained"]
@@ -138,6 +139,47 @@ def add_pin_costs(native: dict) -> None:
         if name != "all pins":
             row["pin_costs_seconds"] = round(native["all pins"]["mean_seconds"]
                                              - row["mean_seconds"], 1)
+
+
+def pinned_variant(name: str, unpinned: dict) -> str:
+    """'all but MKL_CBWR' -> 'all but MKL's (`MKL_CBWR=` unset)', in words."""
+    if not name.startswith("all but "):
+        return name
+    variable = name.removeprefix("all but ")
+    return f"all but `{variable}` (`{variable}={unpinned[variable]}`)"
+
+
+def cpu_pins_markdown(root: Path) -> str:
+    bench = results_file(root, "cpu_pins.json")
+    machine = bench["machine"]
+    reference = bench["native"]["all pins"]["md5"][0]
+    lines = [f"`{bench['command']}` on an {machine['model']} ({machine['vendor']}; AVX-512 "
+             f"{'yes' if machine['avx512f'] else 'no'}; {machine['cores']} cores; PyTorch's "
+             f"kernels left alone pick `{machine['natural_aten_capability']}`): the train "
+             f"stage, default params, {bench['repeats']} runs of each variant, interleaved.",
+             "", "| kernels | train stage, s (mean) | the pin costs, s | weights md5 | "
+             "same weights as with all pins |", "|---|---|---|---|---|"]
+    for name, row in bench["native"].items():
+        cost = row.get("pin_costs_seconds")
+        lines.append(f"| {pinned_variant(name, bench['unpinned'])} | {row['mean_seconds']} | "
+                     f"{'' if cost is None else f'{cost:+.1f}'} | "
+                     f"{', '.join(md5[:8] for md5 in row['md5'])} | "
+                     f"{'yes' if row['same_weights_as_all_pins'] else 'no'} |")
+    if bench["intel_mkl_branches"]:
+        lines += ["", f"MKL's Intel branches on the same hardware ({bench['intel_mkl_note']}):",
+                  "", "| MKL branch | weights md5 | same weights as with all pins |",
+                  "|---|---|---|"]
+        lines += [f"| {name} | {row['md5'][0][:8]} | "
+                  f"{'yes' if row['same_weights_as_all_pins'] else 'no'} |"
+                  for name, row in bench["intel_mkl_branches"].items()]
+    if bench["qemu_probe"]:
+        lines += ["", "Three training steps under qemu-x86_64 (emulated CPUs, compared with "
+                  "each other only), md5 of the weights after them:", "",
+                  "| emulated CPU, kernels | md5 |", "|---|---|"]
+        lines += [f"| {name} | {md5[:8]} |" for name, md5 in bench["qemu_probe"].items()]
+    lines += ["", f"Weights with all pins: `{reference}`; whole run "
+              f"{bench['wall_seconds'] / 60:.0f} minutes."]
+    return "\n".join(lines)
 
 
 def main() -> None:

@@ -32,11 +32,12 @@ import pandas as pd
 import yaml
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+from medimg.data.catalog import similarity_report
+from medimg.data.perceptual import near_pairs, near_pairs_between
+from medimg.data.synthetic_edits import EDITS
+from medimg.docs import results_file
 
-from medimg.data.catalog import similarity_report  # noqa: E402
-from medimg.data.perceptual import near_pairs, near_pairs_between  # noqa: E402
-from medimg.data.synthetic_edits import EDITS  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 MRI_CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 BASELINE = "4ac2b47"  # main before the edited-copy search
@@ -223,6 +224,96 @@ def index_figures(count: int, planted: int, max_distance: int, queries: int = 1,
             "index_hashes_per_image": entries, "planted_pairs": planted,
             "max_distance": max_distance, "seconds": round(seconds, 2),
             "pairs_found": len(found), "planted_missed": missed}
+
+
+def edit_names(names: list[str]) -> str:
+    """The edits the stage named, with the rotations as one range."""
+    turns = sorted(int(name.split()[-1]) for name in names if name.startswith("rotate "))
+    shown = [f"`{name}`" if name else "(pixel-identical)" for name in names
+             if not name.startswith("rotate ")]
+    if turns:
+        shown.append(f"`rotate N` for N from {turns[0]} to {turns[-1]}")
+    return ", ".join(shown)
+
+
+def dedup_markdown(root: Path) -> str:
+    bench = results_file(root, "dedup.json")
+    mri, pngs = bench["brain_tumor_mri"], bench["generated_pngs"]
+    keys = ("found", "kept", "exact_duplicates", "pixel_duplicates", "near_duplicates",
+            "conflicts", "rejected", "ignored")
+    lines = [
+        "| stage | found | kept | exact | pixel | near | label conflicts | rejected | ignored |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(f"| {name} | " + " | ".join(str(counts[key]) for key in keys) + " |"
+          for name, counts in (("before edited copies", mri["baseline_dedup_metrics"]),
+                               ("now", mri["dedup_metrics"]))),
+        "",
+        f"The {len(mri['new_removals'])} removals the edited-copy search adds are listed in "
+        "`benchmarks/results/dedup.json` (`new_removals`).",
+        "",
+        "Edited copies planted among the real images (`medimg/data/synthetic_edits.py`, "
+        f"{bench['planted_edits']['per_edit']} per edit, each of a different original, seed "
+        f"{bench['planted_edits']['seed']}):",
+        "",
+        "| edit | copies | removed as a copy of its own original | at least in its original's "
+        "split group | removed against a wrong image | edit named |",
+        "|---|---|---|---|---|---|",
+    ]
+    for edit, row in bench["planted_edits"]["edits"].items():
+        named = edit_names(row["edits_named"])
+        lines.append(f"| {edit} | {row['copies']} | {row['removed_with_original']} | "
+                     f"{row['in_original_group']} | {row['removed_wrongly']} | {named} |")
+    similar, before = mri["dedup_metrics"]["similarity"], mri["baseline_similarity"]
+    lines += [
+        "",
+        "Similarity groups (neighbouring slices kept together for the split):",
+        "",
+        "| | groups | images in them | largest | groups spanning two classes |",
+        "|---|---|---|---|---|",
+        f"| before (single linkage) | {before['groups']} | {before['images']} | "
+        f"{before['largest']} | {before['cross_class']} |",
+        f"| now (average linkage on fine detail) | {similar['groups']} | {similar['images']} | "
+        f"{similar['largest']} | {similar['cross_class']} |",
+        "",
+        "Group sizes now: " + ", ".join(f"{size}: {n}" for size, n in similar["sizes"].items())
+        + ".",
+        "",
+        f"Speed on {bench['machine']['cpus']} cores (`benchmarks/dedup_benchmark.py`, whole "
+        "stage including process start and contact sheets, best of three runs each):",
+        "",
+        "| input | files | stage seconds | stage images/s | plain MD5 loop images/s |",
+        "|---|---|---|---|---|",
+        f"| Brain Tumor MRI set, before edited copies were searched | {mri['files']} | "
+        f"{mri['baseline_stage_seconds']} | "
+        f"{round(mri['files'] / mri['baseline_stage_seconds'], 1)} | "
+        f"{mri['md5_loop_images_per_s']} |",
+        f"| Brain Tumor MRI set, now | {mri['files']} | {mri['stage_seconds']} | "
+        f"{mri['stage_images_per_s']} | {mri['md5_loop_images_per_s']} |",
+        f"| generated 50x50 PNGs, now | {pngs['files']} | {pngs['stage_seconds']} | "
+        f"{pngs['stage_images_per_s']} | {pngs['md5_loop_images_per_s']} |",
+        "",
+        f"The stage now takes {mri['slowdown']}x as long as before on the MRI set.",
+    ]
+    for key, what in (("near_index", "Near-duplicate index"), ("view_index", "View index")):
+        index = bench[key]
+        lines.append("")
+        lines.append(
+            f"{what}: {index['images']:,} random images, {index['query_hashes_per_image']} "
+            f"query and {index['index_hashes_per_image']} indexed hashes each, "
+            f"{index['planted_pairs']} planted pairs within {index['max_distance']} bits: "
+            f"{index['seconds']} s, {index['planted_missed']} planted pairs missed.")
+    split = bench["brain_tumor_mri_respect_existing"]
+    copies = split["test_copies_removed"]
+    lines += ["", "With its own `Testing` folder kept (`split.respect_existing: Testing`): "
+              f"{copies['test_images']} of the {split['test']['n']} de-duplicated test images "
+              f"had copies on the training side: {copies['copies']} copies removed "
+              f"({copies.get('exact', 0)} byte-identical, {copies.get('pixel', 0)} "
+              f"pixel-identical, {copies.get('near', 0)} near), and {split['excluded']} more "
+              "training images excluded for sharing a similarity group with a test image. "
+              f"Train {split['train']['n']}, val {split['val']['n']}, test "
+              f"{split['test']['n']}; overlap across splits: "
+              + ", ".join(f"{k} {v}" for k, v in split["overlap"].items()) + "."]
+    return "\n".join(lines)
 
 
 def main() -> None:

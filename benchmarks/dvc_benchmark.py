@@ -22,6 +22,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from medimg.docs import results_file
+
 REPO = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc"]
 
@@ -49,6 +51,20 @@ def generate(folder: Path, count: int) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
         Image.fromarray(pixels).resize((50, 50), Image.Resampling.NEAREST).save(target)
+
+
+def dvc_markdown(root: Path) -> str:
+    bench = results_file(root, "dvc.json")
+    steps = (("dvc add", "dvc_add_seconds"),
+             ("dvc repro dedup (first run)", "repro_dedup_seconds"),
+             ("dvc status", "status_seconds"),
+             ("dvc repro (nothing to do)", "noop_repro_seconds"),
+             ("dvc push (local remote)", "push_seconds"),
+             ("dvc pull (fresh clone)", "pull_seconds"))
+    lines = [f"{bench['files']:,} files, {bench['cpus']} cores:", "",
+             "| command | seconds |", "|---|---|"]
+    lines += [f"| `{label}` | {bench[key]} |" for label, key in steps]
+    return "\n".join(lines)
 
 
 def main() -> None:

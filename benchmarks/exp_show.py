@@ -14,9 +14,10 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from medimg.docs import results_file
+from medimg.io import write_json
 
-from medimg.io import write_json  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 DVC = [sys.executable, "-m", "dvc"]
 COMMAND = ["exp", "show", "--only-changed"]
@@ -32,6 +33,15 @@ def run(args: list[str], cwd: Path) -> str:
 
 def widest(text: str) -> int:
     return max(len(line) for line in text.splitlines())
+
+
+def exp_show_markdown(root: Path) -> str:
+    shown = results_file(root, "exp_show.json")
+    return "\n".join([
+        f"```bash\n{shown['experiment']}\n{shown['command']}\n```", "",
+        f"In a fresh clone ({shown['date']}; `benchmarks/exp_show.py`), "
+        f"{shown['exp_show_widest_line']} columns:", "", "```",
+        "\n".join(line.rstrip() for line in shown["exp_show"].splitlines()), "```"])
 
 
 def main() -> None:

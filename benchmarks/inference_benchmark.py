@@ -26,16 +26,18 @@ import numpy as np
 import onnxruntime
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-
-from medimg.inference import (  # noqa: E402
+from medimg.docs import results_file
+from medimg.inference import (
     ONNX_NAME,
     Classifier,
     export_onnx,
     load_classifier,
 )
-from medimg.params import load_params  # noqa: E402
-from medimg.training.models import create_model, normalisation, save_checkpoint  # noqa: E402
+from medimg.params import load_params
+from medimg.training.models import create_model, normalisation, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+CUDA_FILE = "inference_cuda.json"  # what --device cuda writes, in benchmarks/results
 
 
 def figures(classifier: Classifier, size: int, repeats: int) -> dict:
@@ -164,6 +166,47 @@ def cuda_main(args: argparse.Namespace, device: torch.device) -> None:
                   "note": "input and output copied between host and device on every call"})
 
 
+INFERENCE_CONFIGURATIONS = {
+    "eager_fp32": "PyTorch eager, fp32",
+    "eager_bf16_channels_last": "PyTorch eager, bf16 + channels_last",
+    "compiled_bf16_channels_last": "torch.compile, bf16 + channels_last",
+    "onnxruntime_cuda_fp32": "ONNX Runtime, CUDA provider, fp32 (host input)"}
+
+
+def inference_markdown(root: Path) -> str:
+    bench = results_file(root, "inference.json")
+    lines = [f"{bench['model']} at {bench['size']} px, {bench['machine']['cpus']} CPU cores, "
+             "one run:", "",
+             "| backend | images/s (batch 32) | latency p50 (batch 1, ms) | p95 (ms) |",
+             "|---|---|---|---|"]
+    for name, label in (("pytorch_eager", "PyTorch eager"), ("onnxruntime", "ONNX Runtime")):
+        row = bench[name]
+        lines.append(f"| {label} | {row['images_per_second_batch32']} | "
+                     f"{row['latency_ms_p50_batch1']} | {row['latency_ms_p95_batch1']} |")
+    return "\n".join(lines)
+
+
+def cuda_markdown(root: Path) -> str:
+    """Inference on a GPU, from inference_cuda.json (empty before a GPU run)."""
+    if not (root / "benchmarks/results" / CUDA_FILE).is_file():
+        return ""
+    bench = results_file(root, CUDA_FILE)
+    lines = [f"Inference on the {bench['machine']['gpu']}, "
+             f"`benchmarks/results/{CUDA_FILE}`, batch {bench['batch_size']} at "
+             f"{bench['size']} px, input already on the device:", "",
+             "| model | backend | images/s |", "|---|---|---|"]
+    for run in bench["runs"]:
+        lines.append(f"| {run['model']} | "
+                     f"{INFERENCE_CONFIGURATIONS.get(run['configuration'], run['configuration'])}"
+                     f" | {run['images_per_second']} |")
+    providers = bench["machine"]["onnxruntime_providers"]
+    if "CUDAExecutionProvider" not in providers:
+        lines += ["", f"ONNX Runtime's CUDA provider: not measured; the onnxruntime "
+                  f"{bench['machine']['onnxruntime']} installed there offers "
+                  f"{', '.join(providers)}."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     defaults = load_params(REPO / "params.yaml")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -178,7 +221,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.device == "cuda":
         args.repeats = args.repeats or 30
-        args.out = args.out or REPO / "benchmarks/results/inference_cuda.json"
+        args.out = args.out or REPO / "benchmarks/results" / CUDA_FILE
         cuda_main(args, torch.device("cuda"))
         return
     if len(args.model) != 1:

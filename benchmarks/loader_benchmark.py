@@ -22,11 +22,12 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
-REPO = Path(__file__).resolve().parents[1]
+from medimg.data.prepared import prepare_image
+from medimg.docs import results_file
+from medimg.params import AugmentParams
+from medimg.training.datasets import ArrayDataset, FileDataset, train_transform
 
-from medimg.data.prepared import prepare_image  # noqa: E402
-from medimg.params import AugmentParams  # noqa: E402
-from medimg.training.datasets import ArrayDataset, FileDataset, train_transform  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def epoch_rate(dataset: Dataset, workers: int) -> float:
@@ -35,6 +36,20 @@ def epoch_rate(dataset: Dataset, workers: int) -> float:
     start = time.perf_counter()
     seen = sum(len(labels) for _, labels in loader)
     return seen / (time.perf_counter() - start)
+
+
+def loader_markdown(root: Path) -> str:
+    bench = results_file(root, "loader.json")
+    return "\n".join([
+        "| source | images/s | workers | images | prepare once (s) |",
+        "|---|---|---|---|---|",
+        f"| prepared uint8 array | {bench['arrays_images_per_s']} | {bench['workers']} | "
+        f"{bench['images']} | {bench['prepare_seconds']} |",
+        f"| decoding the JPEG files | {bench['files_images_per_s']} | {bench['workers']} | "
+        f"{bench['images']} | |",
+        "",
+        f"Speed-up from the arrays: {bench['speedup']}x on {bench['machine']['cpus']} cores.",
+    ])
 
 
 def main() -> None:

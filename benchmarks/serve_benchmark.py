@@ -41,12 +41,14 @@ import numpy as np
 import onnxruntime
 import uvicorn
 
+from medimg.data.images import is_image_name
+from medimg.docs import blank, results_file
+from medimg.io import write_json
+from medimg.serving.predictor import load_predictor
+
 REPO = Path(__file__).resolve().parents[1]
 
-from medimg.data.images import is_image_name  # noqa: E402
-from medimg.io import write_json  # noqa: E402
-from medimg.serving.predictor import load_predictor  # noqa: E402
-
+SERVE_FILE = "serve_benchmark.json"
 HOST = "127.0.0.1"
 BOUNDARY = "serve-benchmark-boundary"
 CONCURRENCY = (1, 8, 32)
@@ -375,8 +377,98 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--memory-concurrency", type=int, default=32)
     parser.add_argument("--offline-seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path,
-                        default=REPO / "benchmarks/results/serve_benchmark.json")
+                        default=REPO / "benchmarks/results" / SERVE_FILE)
     return parser.parse_args()
+
+
+NO_SERVE = "No results file yet: run `benchmarks/serve_benchmark.py`."
+
+
+def serve_cells(bench: dict) -> list[tuple[str, dict]]:
+    """(batching on/off, cell) for every cell, by concurrency, batching first."""
+    modes = (("on", bench["batching"]), ("off", bench["no_batching"]))
+    return sorted(((label, cell) for label, mode in modes for cell in mode["cells"]),
+                  key=lambda item: (item[1]["concurrency"], item[0] == "off"))
+
+
+def serve_goal_lines(bench: dict) -> list[str]:
+    goals, offline = bench["goals"], bench["offline"]
+    share, memory = goals["batched_share_of_offline"], bench["batching"]["memory"]
+
+    def met(goal: dict) -> str:
+        return "met" if goal["met"] else "NOT met"
+
+    return [f"Offline ONNX Runtime in the same run: {offline['throughput']} images/s (batch "
+            f"{offline['batch_size']}); served with batching at concurrency "
+            f"{max(bench['settings']['concurrency'])}: {share['value']:.0%} of it (goal "
+            f"{share['goal']:.0%}: {met(share)}). Errors: {goals['errors']['value']} (goal "
+            f"{goals['errors']['goal']}: {met(goals['errors'])}). Resident memory over "
+            f"{memory['requests']:,} requests: {memory['growth_mb']:+} MB (goal under "
+            f"{goals['memory_growth_mb']['goal']:g}: {met(goals['memory_growth_mb'])})."]
+
+
+def serve_table(bench: dict) -> list[str]:
+    lines = [f"Loopback, {bench['machine']['cpus']} CPU cores shared by client and server, "
+             f"{bench['settings']['duration_s']:g} s per row:", "",
+             "| concurrency | batching | requests/s | p50 ms | p95 ms | p99 ms | errors |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {cell['concurrency']} | {label} | {cell['throughput']} | {cell['p50_ms']} | "
+              f"{cell['p95_ms']} | {cell['p99_ms']} | {cell['errors']} |"
+              for label, cell in serve_cells(bench)]
+    return [*lines, "", *serve_goal_lines(bench)]
+
+
+def serve_table_markdown(root: Path) -> str:
+    """The load test in short: requests/s and latency by concurrency and batching."""
+    if not (root / "benchmarks/results" / SERVE_FILE).is_file():
+        return NO_SERVE
+    return "\n".join(serve_table(results_file(root, SERVE_FILE)))
+
+
+def serve_cpu_table(bench: dict) -> list[str]:
+    lines = ["| concurrency | batching | images per model call | client | server | its event "
+             "loop | other | server ms per request |", "|---|---|---|---|---|---|---|---|"]
+    for label, cell in serve_cells(bench):
+        cores = cell["cores"]
+        lines.append(f"| {cell['concurrency']} | {label} | {blank(cell['mean_batch'])} | "
+                     f"{cores['client']} | {cores['server']} | {cores['server_event_loop']} | "
+                     f"{cores['other']} | {cell['cpu_ms_per_request']['server']} |")
+    return lines
+
+
+def serve_cost_lines(bench: dict) -> list[str]:
+    """Where the CPU goes, per request served and per image offline; the memory samples."""
+    offline, memory = bench["offline"], bench["batching"]["memory"]
+    top = max(bench["batching"]["cells"], key=lambda cell: cell["concurrency"])
+    per_request, cost = top["cpu_ms_per_request"], offline["cpu_ms_per_image"]
+    loop = per_request["server_event_loop"]
+    return [f"CPU milliseconds per request at concurrency {top['concurrency']} with batching: "
+            f"server {per_request['server']}, of which its event loop (HTTP, multipart "
+            f"parsing, FastAPI, batching, the JSON answer) {loop} and its worker threads "
+            f"(decoding, the model) {per_request['server'] - loop:.3f}; client "
+            f"{per_request['client']}. Offline, per image: decoding {cost['decode']}, the "
+            f"model at batch {offline['batch_size']} {cost['model']} (other processes used "
+            f"{offline['cores']['other']} cores meanwhile).", "",
+            f"Resident memory of the server: {memory['rss_mb_before']} MB after the rows "
+            f"above, then after each tenth of {memory['requests']:,} requests at concurrency "
+            f"{memory['concurrency']}: "
+            f"{', '.join(str(value) for value in memory['rss_mb_after_each_tenth'])} MB."]
+
+
+def serve_markdown(root: Path) -> str:
+    """The load test in full: the table, the CPU each side used, where it goes, memory."""
+    if not (root / "benchmarks/results" / SERVE_FILE).is_file():
+        return NO_SERVE
+    bench = results_file(root, SERVE_FILE)
+    settings = bench["settings"]
+    return "\n".join([
+        *serve_table(bench), "", "CPU used during each row, in cores: the client, the server "
+        "(and of that its event loop, the main thread), every other process on the machine:",
+        "", *serve_cpu_table(bench), "", *serve_cost_lines(bench), "",
+        f"Settings: {settings['images']} images from `data/sample`, one per request; warm-up "
+        f"{settings['warmup_s']:g} s before each row; `--max-wait-ms "
+        f"{settings['max_wait_ms']:g}`; {bench['machine']['cpu_model']}; whole run "
+        f"{bench['wall_seconds']:.0f} s. `{bench['command']}`"])
 
 
 def main() -> None:

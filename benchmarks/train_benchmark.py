@@ -40,13 +40,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-REPO = Path(__file__).resolve().parents[1]
-
-from medimg.devices import resolve_device  # noqa: E402
-from medimg.params import load_params  # noqa: E402
-from medimg.training.datasets import ArrayDataset, train_transform  # noqa: E402
-from medimg.training.models import create_model, normalisation  # noqa: E402
-from medimg.training.trainer import (  # noqa: E402
+from medimg.devices import resolve_device
+from medimg.docs import blank, results_file
+from medimg.params import load_params
+from medimg.training.datasets import ArrayDataset, train_transform
+from medimg.training.models import create_model, normalisation
+from medimg.training.trainer import (
     EpochLog,
     Trainer,
     seed_everything,
@@ -54,6 +53,8 @@ from medimg.training.trainer import (  # noqa: E402
     set_backbone_frozen,
     train_mode,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 CUDA_CONFIGS = {
     "fp32": {"bf16": False, "channels_last": False, "compile": False},
@@ -249,6 +250,107 @@ def machine(device: str) -> dict:
             cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
             matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
     return info
+
+
+CONFIGURATIONS = {"fp32": "fp32", "bf16_channels_last": "bf16 + channels_last",
+                  "bf16_channels_last_compile": "bf16 + channels_last + torch.compile"}
+
+
+def train_runs(bench: dict) -> list[dict]:
+    """The runs of a train benchmark file: a list with the model in each run, or (older
+    files) a dict by configuration with one model for the file."""
+    if isinstance(bench["runs"], dict):
+        return [{"model": bench["model"], "configuration": name, **run}
+                for name, run in bench["runs"].items()]
+    return bench["runs"]
+
+
+def train_limits_markdown(bench: dict) -> list[str]:
+    """What limits a CUDA run: the real loop against the same step without the loader
+    (GPU-side augmentation) and without any input work (one batch on the device)."""
+    gpu, runs = bench["machine"]["gpu"], train_runs(bench)
+    lines = ["", f"What limits the loop on the {gpu} (images/s, batch {bench['batch_size']}; "
+             f"`gpu_augment` and `gpu_only` in `train_cuda.json`):", "",
+             f"| model | configuration | real loop ({bench['workers']} loader processes) | "
+             "augmentation on the GPU, no loader | GPU only, one batch on the device |",
+             "|---|---|---|---|---|"]
+    for run in runs:
+        label = CONFIGURATIONS.get(run["configuration"], run["configuration"])
+        lines.append(f"| {run['model']} | {label} | {run['images_per_second']} | "
+                     f"{blank(run.get('gpu_augment_images_per_second'))} | "
+                     f"{blank(run.get('gpu_only_images_per_second'))} |")
+    if bench.get("loader"):
+        rates = ", ".join(f"{row['images_per_second']} with {row['workers']}"
+                          for row in bench["loader"])
+        lines += ["", f"The loader alone (albumentations in worker processes, collation, "
+                  f"pinned memory; {bench['machine']['cpus']} cores), images/s by worker "
+                  f"processes: {rates}."]
+    for run in runs:
+        if "gpu_only_by_batch" in run:
+            swept = {**run["gpu_only_by_batch"],
+                     str(bench["batch_size"]): run["gpu_only_images_per_second"]}
+            rates = ", ".join(f"{swept[b]} at {b}" for b in sorted(swept, key=int))
+            lines += ["", f"GPU only, {run['model']}, "
+                      f"{CONFIGURATIONS[run['configuration']]}, images/s by batch size: "
+                      f"{rates}; with `torch.backends.cudnn.benchmark` at batch "
+                      f"{bench['batch_size']}: "
+                      f"{run['gpu_only_cudnn_benchmark_images_per_second']}."]
+    return lines
+
+
+TRAIN_GOAL = ("efficientnet_b0", 224, 5000)  # issue 18: images/s on one GPU
+
+
+def train_goal_markdown(bench: dict) -> list[str]:
+    """The goal of issue 18 against the best real-loop figure, and which measurement says
+    what holds the loop back."""
+    model, size, goal = TRAIN_GOAL
+    runs = [run for run in train_runs(bench) if run["model"] == model]
+    if bench["size"] != size or not runs:
+        return []
+    best = max(runs, key=lambda run: run["images_per_second"])
+    label = CONFIGURATIONS.get(best["configuration"], best["configuration"])
+    line = (f"Goal: {goal:,} training images/s for {model} at {size} px. Best real loop on "
+            f"the {bench['machine']['gpu']}: {best['images_per_second']} ({label}, "
+            f"{best['data_wait_share']:.0%} of the epoch waiting for data); "
+            f"{'reached' if best['images_per_second'] >= goal else 'not reached'}.")
+    loader = max((row["images_per_second"] for row in bench.get("loader", [])), default=None)
+    on_gpu = best.get("gpu_augment_images_per_second")
+    if loader is not None and on_gpu is not None:
+        line += (f" The same step with augmentation on the GPU runs at {on_gpu} and with the "
+                 f"batch already on the device at {best['gpu_only_images_per_second']}, while "
+                 f"the loader alone delivers at most {loader} images/s: ")
+        line += ("the CPU-side augmentation limits the loop." if loader < on_gpu else
+                 "the GPU itself limits the loop.")
+    return ["", line]
+
+
+def train_markdown(root: Path) -> str:
+    lines = ["| device | model | size | batch | loader processes | configuration | images/s | "
+             "waiting for data (first batch) | peak GPU memory (GiB) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    extra = []
+    for path in sorted((root / "benchmarks" / "results").glob("train_*.json")):
+        bench = results_file(root, path.name)
+        device = bench["machine"]["gpu"] or f"CPU, {bench['machine']['cpus']} cores"
+        for run in train_runs(bench):
+            wait = run.get("data_wait_share")
+            if wait is not None and "first_batch_wait_seconds" in run:
+                first = run["first_batch_wait_seconds"] / run["epoch_seconds"]
+                wait = f"{wait:.0%} ({first:.0%})"
+            elif wait is not None:
+                wait = f"{wait:.0%}"
+            lines.append(
+                f"| {device} | {run['model']} | {bench['size']} | {bench['batch_size']} | "
+                f"{bench['workers']} | "
+                f"{CONFIGURATIONS.get(run['configuration'], run['configuration'])} | "
+                f"{run['images_per_second']} | {blank(wait)} | "
+                f"{blank(run.get('gpu/peak_allocated_gb'))} |")
+        if bench["machine"]["gpu"]:
+            extra += ["", f"`{path.name}`: `{bench['command']}`"]
+            extra += train_goal_markdown(bench)
+            extra += train_limits_markdown(bench)
+    return "\n".join(lines + extra)
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
 """Generated sections of the project's Markdown files: a section sits between
 `<!-- NAME:begin -->` and `<!-- NAME:end -->`, and a function of the repository root
-writes what goes between them (scripts/results_table.py and scripts/reference_docs.py)."""
+writes what goes between them (scripts/results_table.py and scripts/reference_docs.py).
+Also the few number formats those functions share."""
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,3 +52,27 @@ def update_files(root: Path, files: dict[str, list[Section]], check: bool,
             print(f"{name} is out of date: run {command}")
         return 1
     return 0
+
+
+def results_file(root: Path, name: str, folder: str = "benchmarks/results") -> dict:
+    """A committed results file: FOLDER/NAME under ROOT, as JSON."""
+    with (root / folder / name).open(encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def fmt(value: float | None) -> str:
+    """A figure to four decimals, or n/a."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def interval(row: dict, name: str) -> str:
+    """ROW's NAME with its interval (NAME_low, NAME_high) where it has one."""
+    value, low, high = row.get(name), row.get(f"{name}_low"), row.get(f"{name}_high")
+    if value is None:
+        return "n/a"
+    return f"{value:.4f} ({low:.4f} to {high:.4f})" if low is not None else f"{value:.4f}"
+
+
+def blank(value: object, form: str = "{}") -> str:
+    """VALUE formatted, or an empty table cell when there is none."""
+    return "" if value is None else form.format(value)

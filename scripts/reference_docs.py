@@ -1,8 +1,8 @@
 """Write the reference parts of the docs from the files they describe, so no key, value or
 stage is typed by hand.
 
-    python scripts/reference_docs.py          # rewrite the generated sections
-    python scripts/reference_docs.py --check  # exit 1, naming each out-of-date file
+    python -m scripts.reference_docs          # rewrite the generated sections
+    python -m scripts.reference_docs --check  # exit 1, naming each out-of-date file
 
 docs/parameters.md: every key of params.yaml with its value as written there and its
 meaning, taken from the comment lines directly above it. Keys that follow one another with
@@ -162,7 +162,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="only check, do not write")
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1])
     args = parser.parse_args()
-    return update_files(args.root, FILES, args.check, "python scripts/reference_docs.py")
+    return update_files(args.root, FILES, args.check, "python -m scripts.reference_docs")
 
 
 if __name__ == "__main__":

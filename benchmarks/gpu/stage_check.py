@@ -40,11 +40,13 @@ import pandas as pd
 import torch
 import yaml
 
+from medimg.docs import results_file
 from medimg.inference import Classifier, TorchBackend, load_classifier
 from medimg.params import flatten
 from medimg.training.models import ModelConfig, packaged_weights
 
 REPO = Path(__file__).resolve().parents[2]
+STAGE_FILE = "cuda_train_stage.json"  # OUT/stage_check.json, saved in benchmarks/results
 
 SPLITS = ("train", "val", "test")
 # PyTorch's peak, then what dvclive's system monitor reads from NVML.
@@ -192,6 +194,28 @@ def check(args: argparse.Namespace) -> dict:
     if args.device == "cuda" and args.nccl:
         result["nccl_rank_zero_decides"] = nccl_check()
     return result
+
+
+def stage_check_markdown(root: Path) -> str:
+    """The real train stage on a GPU, from cuda_train_stage.json (empty before a GPU run)."""
+    if not (root / "benchmarks/results" / STAGE_FILE).is_file():
+        return ""
+    stage = results_file(root, STAGE_FILE)
+    live, prediction = stage["dvclive"], stage["predictions"]
+    fp32 = prediction[f"{stage['device']}_fp32"]
+    bf16 = prediction[f"{stage['device']}_bf16_channels_last"]
+    gpu = [key for key in live["metrics"] if key.startswith("gpu/")]
+    every = all(live["rows_per_plot"].get(key) == stage["epochs"] for key in gpu)
+    same = fp32["labels_identical"] and bf16["labels_identical"]
+    return (f"The train stage itself on the {stage['gpu']} (`train.device: "
+            f"{stage['device']}`, {stage['epochs']} epochs, default sample; "
+            f"`cuda_train_stage.json`): exit {stage['train']['returncode']}, dvclive logged "
+            f"{', '.join(f'`{key}`' for key in gpu)} "
+            f"{'in every epoch' if every else 'in some epochs only'}; the checkpoint loaded on the "
+            f"CPU gives the {prediction['n']} test probabilities within "
+            f"{fp32['max_abs_probability_difference']:.1e} of the same weights on the GPU in "
+            f"fp32 and {bf16['max_abs_probability_difference']:.1e} in bf16, labels "
+            f"{'identical' if same else 'DIFFERENT'}.")
 
 
 def main() -> None:

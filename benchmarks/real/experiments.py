@@ -32,10 +32,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-
-from benchmarks.real.run import (  # noqa: E402
+from benchmarks.real.run import (
     VIEWS,
     UsageError,
     data_root,
@@ -44,11 +41,15 @@ from benchmarks.real.run import (  # noqa: E402
     read_yaml,
     run_spec,
 )
-from medimg.evaluation.scores import full_metrics, headline  # noqa: E402
-from medimg.io import read_json, write_json  # noqa: E402
-from medimg.params import load_params  # noqa: E402
-from scripts import aggregate_experiments as aggregate  # noqa: E402
-from scripts import ensemble  # noqa: E402
+from medimg.docs import results_file
+from medimg.evaluation.scores import full_metrics, headline
+from medimg.io import read_json, write_json
+from medimg.params import load_params
+from scripts import aggregate_experiments as aggregate
+from scripts import ensemble
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 
 SELECT = "best_value"  # metrics/report/train.json: train.monitor at the best epoch
 QUEUED = "queued.json"  # in the workspace: when each experiment was queued and started
@@ -263,6 +264,104 @@ def collect(plan: str, spec: dict, work: Path) -> Path:
 
 def timestamp(work: Path, rev: str) -> float:
     return float(git(work, "log", "-1", "--format=%ct", rev).strip())
+
+
+EXPERIMENTS_FILE = "b_tumours_experiments.json"
+
+NO_EXPERIMENTS = ("No results file yet: run `benchmarks/real/experiments.py` "
+                  "(docs/real-data.md).")
+
+
+def spread(summary: dict) -> str:
+    """A metric over runs: mean, sd and the interval for training plus test error."""
+    sd = "n/a" if summary["sd"] is None else f"{summary['sd']:.3f}"
+    span = ("n/a" if summary["low"] is None
+            else f"{summary['low']:.3f} to {summary['high']:.3f}")
+    return f"{summary['mean']:.3f} (sd {sd}; {span})"
+
+
+def combined(row: dict) -> str:
+    """An ensemble's accuracy with its interval, and its paired gain over the best member."""
+    gain = row["minus_best_member"]["acc"]
+    return (f"{row['acc']:.3f} ({row['acc_lo']:.3f} to {row['acc_hi']:.3f}); "
+            f"{gain['value']:+.3f} ({gain['low']:+.3f} to {gain['high']:+.3f})")
+
+
+def experiment_rows(bench: dict, flips: bool) -> list[tuple[str, str, str]]:
+    """(what, on all test images, on the de-duplicated ones) for each result; with `flips`
+    also the ensembles averaged over each image's flips."""
+    seeds, folds = bench["seeds"], bench["folds"]
+    rows = [(f"`{bench['chosen_recipe']['name']}`, {seeds['all']['acc']['n']} seeds",
+             spread(seeds["all"]["acc"]), spread(seeds["unique"]["acc"])),
+            (f"{folds['all']['acc']['n']} folds", spread(folds["all"]["acc"]),
+             spread(folds["unique"]["acc"]))]
+    for key, label in (("fold_ensemble", "fold ensemble"),
+                       ("architecture_ensemble", "architecture ensemble")):
+        result = bench[key]
+        for variant in ("ensemble", "ensemble_tta") if flips else ("ensemble",):
+            extra = " + flips" if variant.endswith("tta") else ""
+            rows.append((f"{label} ({len(result['members'])}){extra}", combined(result[variant]),
+                         combined(result["without_test_copies"][variant])))
+    return rows
+
+
+def experiments_table(bench: dict, flips: bool) -> list[str]:
+    images = bench["test_images"]
+    return [f"| task B accuracy | {images['all']} `Testing` images | {images['unique']} "
+            "without their copies |", "|---|---|---|",
+            *(f"| {what} | {everything} | {unique} |"
+              for what, everything, unique in experiment_rows(bench, flips))]
+
+
+def goal_line(bench: dict) -> str:
+    goal = bench["goal"]
+    ensembles = {f"{key.replace('_', ' ')}{' + flips' if variant.endswith('tta') else ''}":
+                 bench[key][variant] for key in ("fold_ensemble", "architecture_ensemble")
+                 for variant in ("ensemble", "ensemble_tta")}
+    name, best = max(ensembles.items(), key=lambda item: item[1]["acc"])
+    met = best["acc"] >= goal["accuracy"] and best["acc_lo"] > goal["beat"]
+    return (f"Goal: an ensemble at {goal['accuracy']}+ on all {bench['test_images']['all']}, "
+            f"its lower bound above {goal['beat']} ({goal['source']}): "
+            f"{'reached' if met else 'not reached'}; best: {name}, {best['acc']:.3f} "
+            f"({best['acc_lo']:.3f} to {best['acc_hi']:.3f}).")
+
+
+def experiments_markdown(root: Path) -> str:
+    """Task B's repeated runs and ensembles, accuracy only, for the README."""
+    path = root / "benchmarks/results" / EXPERIMENTS_FILE
+    if not path.exists():
+        return NO_EXPERIMENTS
+    bench = results_file(root, EXPERIMENTS_FILE)
+    return "\n".join([*experiments_table(bench, flips=False), "", goal_line(bench)])
+
+
+def experiments_detail_markdown(root: Path) -> str:
+    """Every run of task B's experiments: settings, validation score, test scores and
+    wall time, then the aggregated table."""
+    path = root / "benchmarks/results" / EXPERIMENTS_FILE
+    if not path.exists():
+        return NO_EXPERIMENTS
+    bench = results_file(root, EXPERIMENTS_FILE)
+    images = bench["test_images"]
+    lines = [f"| experiment | `-S` settings | validation | epochs | test accuracy, "
+             f"{images['all']} images | test macro F1 | test accuracy, {images['unique']} "
+             "images | minutes (training) |", "|---|---|---|---|---|---|---|---|"]
+    for run in bench["runs"]:
+        settings = ", ".join(f"{k}={v}" for k, v in run["settings"].items()) or "(baseline)"
+        (monitor, value), = run["validation"].items()
+        test, unique = run["test"]["all"], run["test"]["unique"]
+        minutes = "n/a" if run["wall_seconds"] is None else f"{run['wall_seconds'] / 60:.1f}"
+        lines.append(
+            f"| {run['name']} | {settings} | {monitor} {value:.4f} | {run['epochs_run']} | "
+            f"{test['acc']:.4f} ({test['acc_lo']:.4f} to {test['acc_hi']:.4f}) | "
+            f"{test['f1']:.4f} | {unique['acc']:.4f} | {minutes} "
+            f"({run['training_seconds'] / 60:.1f}) |")
+    lines += ["", f"All runs: {bench['wall_seconds_total'] / 60:.0f} minutes on "
+              f"{bench['hardware']['cpu_count']} CPU cores. Repeated runs: mean (sd; 95% "
+              "interval for training and test error). Ensembles: accuracy (95% CI); minus the "
+              "best member (paired 95% CI).", "", *experiments_table(bench, flips=True), "",
+              goal_line(bench)]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

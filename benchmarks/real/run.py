@@ -27,11 +27,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from medimg.docs import fmt, interval, results_file
+from medimg.io import read_json, write_json
+from medimg.params import load_params
+
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-
-from medimg.io import read_json, write_json  # noqa: E402
-from medimg.params import load_params  # noqa: E402
 
 STAGES = ("pretrained", "dedup", "split", "prepare", "train", "evaluate")
 DATASETS = {"mri": "brain-tumor-mri", "idc": "breast-idc"}
@@ -223,6 +224,67 @@ def run(name: str, root: Path, full: bool, work_root: Path, out_dir: Path) -> Pa
     write_json(out, results(name, spec, params, work, seconds, full))
     print(f"{name}: {out} ({sum(seconds.values()):.0f} s)", flush=True)
     return out
+
+
+NO_REAL_RUNS = "No results files yet: run `benchmarks/real/run.py`."
+
+
+def real_runs(root: Path) -> dict[str, dict]:
+    return {path.stem.removeprefix("real_"): results_file(root, path.name)
+            for path in sorted((root / "benchmarks" / "results").glob("real_*.json"))}
+
+
+def removed(dedup: dict) -> str:
+    if "left_in" in dedup:
+        left = dedup["left_in"]
+        return (f"none (left in: {left['exact']} / {left['pixel']} / {left['near']} / "
+                f"{left['conflict']})")
+    return " / ".join(str(dedup[k]) for k in ("exact_duplicates", "pixel_duplicates",
+                                                "near_duplicates", "conflicts"))
+
+
+def recipe(run: dict) -> str:
+    train, hardware = run["params"]["train"], run["hardware"]
+    where = hardware["gpu"] or f"{hardware['cpu_count']} CPU cores"
+    return (f"{run['params']['prepare']['image_size']} px, {run['train']['epochs_run']} of "
+            f"{train['epochs']} epochs ({train['freeze_epochs']} frozen), {where}")
+
+
+def real_table(runs: dict[str, dict]) -> list[str]:
+    lines = ["| run | recipe | found / kept | removed: exact / pixel / near / conflict | "
+             "train / val / test | val accuracy | test accuracy (95% CI) | "
+             "test macro F1 (95% CI) | shortcut test accuracy | minutes |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, run in runs.items():
+        dedup, split, test = run["dedup"], run["split"], run["evaluate"]["test"]
+        shortcut = run["evaluate"]["shortcut"]["image_statistics"]["accuracy"]
+        lines.append(
+            f"| {name} | {recipe(run)} | {dedup['found']} / {dedup['kept']} | {removed(dedup)} | "
+            f"{split['train']['n']} / {split['val']['n']} / {split['test']['n']} | "
+            f"{fmt(run['evaluate']['val']['accuracy'])} | {interval(test, 'accuracy')} | "
+            f"{interval(test, 'f1_macro')} | {fmt(shortcut)} | {run['total_seconds'] / 60:.0f} |")
+    return lines
+
+
+def real_table_markdown(root: Path) -> str:
+    """The real-data runs in short, for the README (the full table is in docs/)."""
+    runs = real_runs(root)
+    if not runs:
+        return NO_REAL_RUNS
+    lines = ["| run | train / val / test | test accuracy (95% CI) | shortcut test accuracy |",
+             "|---|---|---|---|"]
+    for name, run in runs.items():
+        split, test = run["split"], run["evaluate"]["test"]
+        shortcut = run["evaluate"]["shortcut"]["image_statistics"]["accuracy"]
+        lines.append(f"| {name} | {split['train']['n']} / {split['val']['n']} / "
+                     f"{split['test']['n']} | {interval(test, 'accuracy')} | {fmt(shortcut)} |")
+    return "\n".join(lines)
+
+
+def real_markdown(root: Path) -> str:
+    """Every real-data run: recipe, de-duplication, split, scores, shortcut and time."""
+    runs = real_runs(root)
+    return "\n".join(real_table(runs)) if runs else NO_REAL_RUNS
 
 
 def main(argv: list[str] | None = None) -> None:

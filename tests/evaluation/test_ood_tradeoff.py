@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from benchmarks import ood_tradeoff as bench
+from benchmarks.ood_tradeoff import OOD_FILE, configured_contrast, ood_dial_table
 from medimg.evaluation.ood_figures import CURVE_POINTS, ood_headline
 from medimg.params import load_params
-from scripts.results_table import OOD_FILE, configured_contrast, ood_dial_table
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks/results" / OOD_FILE

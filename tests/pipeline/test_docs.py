@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medimg.docs import update_files
 from medimg.params import flatten
 from scripts import reference_docs, results_table
 from scripts.reference_docs import param_sections, stages_markdown
@@ -48,8 +49,16 @@ def generated_sections(path: Path) -> set[str]:
 
 
 def check(script: str, root: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "scripts" / script), "--check",
-                           "--root", str(root)], capture_output=True, text=True, check=False)
+    """`python -m scripts.SCRIPT --check --root ROOT`, as a user runs it, from the repository."""
+    return subprocess.run([sys.executable, "-m", f"scripts.{script}", "--check", "--root",
+                           str(root)], capture_output=True, text=True, check=False, cwd=REPO)
+
+
+def check_results(root: Path, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """The results check in this process (its renderers import torch, already loaded here):
+    the exit status and what it printed."""
+    status = update_files(root, results_table.FILES, True, results_table.COMMAND)
+    return status, capsys.readouterr().out
 
 
 def test_readme_links_every_moved_document() -> None:
@@ -77,12 +86,12 @@ def test_heading_anchors_follow_github(tmp_path: Path) -> None:
 
 
 def test_stage_and_parameter_references_match_dvc_yaml_and_params() -> None:
-    result = check("reference_docs.py")
+    result = check("reference_docs")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_results_in_every_document_match_the_results_files() -> None:
-    result = check("results_table.py")
+    result = check("results_table")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -148,32 +157,34 @@ def test_a_changed_param_value_makes_the_parameter_reference_out_of_date(tmp_pat
     copy_into(tmp_path, "params.yaml", "dvc.yaml", "docs")
     params = tmp_path / "params.yaml"
     params.write_text(params.read_text().replace("\nseed: 42\n", "\nseed: 7\n"))
-    result = check("reference_docs.py", tmp_path)
+    result = check("reference_docs", tmp_path)
     assert result.returncode == 1
     assert [line.split()[0] for line in result.stdout.splitlines()] == ["docs/parameters.md"]
-    subprocess.run([sys.executable, str(REPO / "scripts/reference_docs.py"), "--root",
-                    str(tmp_path)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "scripts.reference_docs", "--root", str(tmp_path)],
+                   check=True, capture_output=True, cwd=REPO)
     assert "| `seed` | `7` |" in (tmp_path / "docs/parameters.md").read_text()
-    assert check("reference_docs.py", tmp_path).returncode == 0
+    assert check("reference_docs", tmp_path).returncode == 0
 
 
-def test_the_results_check_names_the_out_of_date_file(tmp_path: Path) -> None:
+def test_the_results_check_names_the_out_of_date_file(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
     copy_into(tmp_path, "README.md", "docs", "benchmarks/README.md", "benchmarks/results",
               "params.yaml", "metrics/dedup.json", "metrics/split.json",
               "metrics/train.json", "metrics/evaluate.json")
     study = tmp_path / "docs/real-data.md"
     study.write_text(study.read_text().replace("| a_original |", "| a_renamed |", 1))
-    result = check("results_table.py", tmp_path)
-    assert result.returncode == 1
-    assert [line.split()[0] for line in result.stdout.splitlines()] == ["docs/real-data.md"]
+    status, printed = check_results(tmp_path, capsys)
+    assert status == 1
+    assert [line.split()[0] for line in printed.splitlines()] == ["docs/real-data.md"]
 
 
-def test_the_results_check_names_a_missing_marker(tmp_path: Path) -> None:
+def test_the_results_check_names_a_missing_marker(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
     copy_into(tmp_path, "README.md", "docs", "benchmarks/README.md", "benchmarks/results",
               "params.yaml", "metrics/dedup.json", "metrics/split.json",
               "metrics/train.json", "metrics/evaluate.json")
     benchmarks = tmp_path / "benchmarks/README.md"
     benchmarks.write_text(benchmarks.read_text().replace("<!-- dvc-benchmark:end -->", ""))
-    result = check("results_table.py", tmp_path)
-    assert result.returncode == 1
-    assert "benchmarks/README.md" in result.stdout and "dvc-benchmark" in result.stdout
+    status, printed = check_results(tmp_path, capsys)
+    assert status == 1
+    assert "benchmarks/README.md" in printed and "dvc-benchmark" in printed

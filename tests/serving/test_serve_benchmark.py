@@ -17,8 +17,8 @@ from fastapi import FastAPI, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from benchmarks import serve_benchmark as bench
+from benchmarks.serve_benchmark import SERVE_FILE, serve_markdown, serve_table_markdown
 from conftest import noise_image, save
-from scripts.results_table import SERVE_FILE, serve_markdown, serve_table_markdown
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks/results" / SERVE_FILE
 

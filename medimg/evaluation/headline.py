@@ -1,0 +1,33 @@
+"""The README's headline figures, rendered from the DVC metrics files the dedup, split,
+train and evaluate stages write (metrics/*.json, which git holds). No stage imports this."""
+
+from pathlib import Path
+
+from medimg.docs import fmt, results_file
+from medimg.params import load_params
+
+
+def headline_markdown(root: Path) -> str:
+    """The default run's headline figures: the DVC metrics files, which git holds."""
+    dedup, split, train, test = (results_file(root, f"{n}.json", "metrics")
+                                 for n in ("dedup", "split", "train", "evaluate"))
+    monitor = load_params(root / "params.yaml").train.monitor
+
+    def cell(name: str) -> str:
+        value, low, high = test[name], test.get(f"{name}_lo"), test.get(f"{name}_hi")
+        return fmt(value) if low is None else f"{fmt(value)} ({fmt(low)} to {fmt(high)})"
+
+    lines = [
+        f"Data: {dedup['found']} images found, {dedup['kept']} kept after de-duplication; "
+        f"split train {split['train']} / val {split['val']} / test {split['test']} images. "
+        f"Best epoch {train['best_epoch']} ({monitor} {fmt(train['best'])}).", "",
+        "| test split | value (95% CI) |", "|---|---|",
+        f"| accuracy | {cell('acc')} |", f"| balanced accuracy | {cell('bal_acc')} |",
+        f"| macro F1 | {cell('f1')} |", f"| ROC-AUC | {cell('auc')} |",
+        f"| expected calibration error | {cell('ece')} |",
+        f"| accuracy of the best trivial model (logistic regression on colour statistics "
+        f"and size, or size alone) | {fmt(test['shortcut'])} |"]
+    if test["shortcut"] >= 0.99:
+        lines += ["", "A trivial model reaches at least 0.99 test accuracy: this task is "
+                  "separable without looking at anatomy or tissue."]
+    return "\n".join(lines)
