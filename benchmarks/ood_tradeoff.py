@@ -1,27 +1,36 @@
-"""The out-of-distribution detector's contrast dial on the default pipeline's outputs;
-writes benchmarks/results/ood_tradeoff.json.
+"""The out-of-distribution detector on sources it never saw; writes
+benchmarks/results/ood_tradeoff.json.
 
-    python benchmarks/ood_tradeoff.py [--contrast 0 0.05 0.1 0.12 0.14 0.2]
+    python benchmarks/ood_tradeoff.py [--data DIR] [--per-class 100]
 
-Reads what `dvc repro` leaves in the working tree: models/model.safetensors + model.json,
-data/prepared/{train,val,test}.npy and .csv, and models/ood.json and metrics/evaluate.json
-to check against. The network's features are computed once, as the ood and evaluate stages
-compute them (PyTorch on the CPU, their batch sizes). For each contrast (`ood.contrast` in
-params.yaml is always one of them) the detector is fitted as the ood stage fits it, with
-every other `ood.*` setting from params.yaml, and scored as the evaluate stage scores it:
-the share of each set accepted at the threshold that accepts `ood.accept` of the
-validation split, with Wilson intervals, and the ROC-AUCs; the configured contrast also
-gets the whole threshold curve. Its figures must be the pipeline's: the script stops with
-an error naming the file when they are not (stale outputs: run `dvc repro` first).
+Reads what `dvc repro` leaves in the working tree (models/model.*, models/ood.json,
+data/prepared, metrics/evaluate.json) and two real datasets the pipeline never reads: DIR
+holds brain-tumor-mri/ and breast-idc/ (default $MEDIMG_REAL_DATA, else ../shared/datasets).
+
+The protocol, for each method tried:
+- Fit: the method's in-distribution images against the outlier-exposure images.
+- Tune: every knob (penalty, threshold) is chosen by leaving one packaged source out: each
+  packaged MRI file and each outlier-exposure file in turn is left out of the fit and
+  scored. The knobs maximise the smaller of the mean share accepted over the left-out MRI
+  files and the mean share flagged over the left-out outlier files.
+- Report, per held-out source with 95% intervals: the test split; PER_CLASS images of each
+  class folder of the Brain Tumor MRI set (other scanners, T1, T2 and FLAIR, skulls); one
+  patch per patient of the breast IDC set (other slides and stains); scikit-image's
+  photographs and graphics; other modalities. No held-out file is fitted or tuned on (the
+  script checks the package files). Then the threshold curve on the held-out sources and
+  its best point: chosen looking at them, an upper bound, not a figure to quote.
+
+The pipeline's method is scored with params.yaml's knobs, and must reproduce
+models/ood.json and metrics/evaluate.json (else run `dvc repro` first).
 """
 
 import argparse
-import math
 import os
 import platform
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,75 +39,196 @@ import timm
 import torch
 
 from medimg.data.hashing import file_sha256
+from medimg.data.images import load_rgb
+from medimg.data.prepared import resize_square
 from medimg.devices import reproducible_cpu
 from medimg.docs import results_file
-from medimg.evaluation.ood import fit_detector
-from medimg.evaluation.ood_figures import ood_figures, ood_headline, reference_features
-from medimg.evaluation.references import model_inputs, outlier_exposure
-from medimg.inference import Classifier, load_classifier
+from medimg.evaluation.ood import fit_detector, float64_tensor, left_out_scores
+from medimg.evaluation.ood_figures import ood_headline
+from medimg.evaluation.ood_fitting import FittingSet, fitting_set
+from medimg.evaluation.references import (
+    everyday,
+    external_mri,
+    model_inputs,
+    other_modalities,
+    outlier_exposure,
+    source_file,
+)
+from medimg.evaluation.scores import acceptance_curve, ood_acceptance, ood_auroc
+from medimg.inference import Classifier, as_tensor, in_batches, load_classifier, normalise
 from medimg.io import read_json, write_json
 from medimg.params import Params, load_params
+from medimg.training.models import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
-
 MODEL_DIR = REPO / "models"
 PREPARED = REPO / "data/prepared"
 EVALUATE_METRICS = REPO / "metrics/evaluate.json"
 OOD_FILE = "ood_tradeoff.json"
 RESULTS = REPO / "benchmarks/results" / OOD_FILE
-CONTRASTS = (0.0, 0.05, 0.10, 0.12, 0.14, 0.20)
+MRI_FOLDERS = ("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor")
+PENALTIES = (1.0, 10.0, 100.0)
+THRESHOLDS = tuple(round(value, 2) for value in np.arange(-4.0, 8.01, 0.25))
+# Issue 27's goals, on held-out sources.
+GOALS = {"mri_accepted": 0.90, "histology_accepted": 0.90, "everyday_flagged": 0.85,
+         "test_accepted": 0.95}
+# The held-out sources each goal reads, pooled.
+KINDS = {"mri": [f"brain-tumor-mri/{folder}" for folder in MRI_FOLDERS],
+         "histology": ["breast-idc"], "everyday": ["everyday"], "test": ["test"]}
+PIPELINE = "stage_logistic"
+METHODS = {
+    "stage_logistic": "logistic regression on the stage features (the pipeline's)",
+    "prelogit_logistic": "logistic regression on the pre-logit features",
+    "prelogit_gaussians": "before issue 27: class Gaussians minus 0.12 x an outlier Gaussian "
+                          "on the pre-logit features, threshold at 95% of validation",
+}
 
 
-def dial(requested: list[float], configured: float) -> list[float]:
-    """The contrasts to measure: those requested and the configured one, ascending, each
-    once."""
-    return sorted({*requested, configured})
+def real_sets(root: Path, per_class: int, seed: int,
+              config: ModelConfig) -> dict[str, np.ndarray]:
+    """The held-out real images, decoded and resized as the model's inputs, by source."""
+    rng = np.random.default_rng(seed)
+
+    def images(paths: list[Path]) -> np.ndarray:
+        return np.stack([resize_square(load_rgb(path), config.image_size, config.resize)
+                         for path in paths])
+
+    sets = {}
+    for folder in MRI_FOLDERS:
+        files = sorted((root / "brain-tumor-mri").glob(f"*/{folder}/*"))
+        if len(files) < per_class:
+            sys.exit(f"{root / 'brain-tumor-mri'}: {len(files)} images of {folder}, "
+                     f"{per_class} needed; pass --data DIR")
+        chosen = sorted(rng.choice(len(files), per_class, replace=False))
+        sets[f"brain-tumor-mri/{folder}"] = images([files[i] for i in chosen])
+    patients = sorted(path for path in (root / "breast-idc").iterdir() if path.is_dir())
+    patches = [sorted(patient.rglob("*.png")) for patient in patients]
+    sets["breast-idc"] = images([files[rng.integers(len(files))] for files in patches if files])
+    return sets
 
 
-def features(classifier: Classifier, params: Params) -> tuple[dict[str, np.ndarray],
-                                                               dict[str, list[str]]]:
-    """Every feature set the two stages use, by name (train, val and outliers as the ood
-    stage computes them; test and the reference sets as the evaluate stage does), and the
-    reference sets' source files."""
-    fit_batch, score_batch = params.ood.batch_size, params.evaluate.batch_size
+def prelogits(classifier: Classifier, batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The network's pooled pre-logit features, what the detector read before issue 27."""
+    model, config = classifier.backend.model, classifier.config
 
-    def split(name: str, batch_size: int) -> np.ndarray:
-        images = np.load(PREPARED / f"{name}.npy", mmap_mode="r")
-        return classifier.predict_with_features(images, batch_size)[1]
-
-    outliers = model_inputs(outlier_exposure(params.ood.outlier_images, params.seed),
-                            classifier.config)
-    references, sources = reference_features(classifier, score_batch)
-    return {"train": split("train", fit_batch), "val": split("val", fit_batch),
-            "outliers": classifier.predict_with_features(outliers, fit_batch)[1],
-            "test": split("test", score_batch), **references}, sources
+    def features(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.cat([
+                model.forward_head(model.forward_features(
+                    normalise(as_tensor(batch), config.mean, config.std)), pre_logits=True)
+                for batch in in_batches(images, batch_size)]).float().numpy()
+    return features
 
 
-def measure(every: dict[str, np.ndarray], labels: np.ndarray, params: Params,
-            contrast: float, with_curve: bool) -> dict:
-    """The detector fitted at `contrast` as the ood stage fits it, scored on the test split
-    and the reference sets as the evaluate stage scores it."""
-    settings = params.ood
-    detector = fit_detector(every["train"], labels, every["val"], every["outliers"],
-                            settings.components, settings.outlier_components, contrast,
-                            settings.accept)
-    scored = {name: values for name, values in every.items()
-              if name not in ("train", "val", "outliers")}
-    figures = ood_figures(detector, scored)
-    if not with_curve:
-        del figures["curve"]
-    return {**figures, "val_accepted": detector.summary["val_accepted"]}
+def gaussian_distance(fit: np.ndarray, labels: np.ndarray, components: int,
+                      ) -> Callable[[np.ndarray], np.ndarray]:
+    """The detector before issue 27, one side: squared Mahalanobis distance to the nearest
+    class mean under a probabilistic-PCA covariance shared by the classes."""
+    fit = float64_tensor(fit)
+    groups = np.unique(labels)
+    means = torch.stack([fit[torch.from_numpy(labels == g)].mean(dim=0) for g in groups])
+    centred = fit - means[torch.from_numpy(np.searchsorted(groups, labels))]
+    _, singular, directions = torch.linalg.svd(centred, full_matrices=False)
+    variances = singular ** 2 / len(fit)
+    k = min(components, len(variances) - 1)
+    noise = max(float(variances[k:].sum() / (fit.shape[1] - k)), 1e-6 * float(variances[0]))
+    axes, spread = directions[:k], variances[:k].clamp(min=noise)
+
+    def distance(features: np.ndarray) -> np.ndarray:
+        features = float64_tensor(features)
+        found = []
+        for mean in means:
+            along = (features - mean) @ axes.T
+            rest = ((features - mean) ** 2).sum(dim=1) - (along ** 2).sum(dim=1)
+            found.append((along ** 2 / spread).sum(dim=1) + rest.clamp(min=0) / noise)
+        return torch.stack(found).min(dim=0).values.numpy()
+    return distance
 
 
-def check_against_pipeline(row: dict) -> None:
-    """Stop when the configured contrast does not reproduce the pipeline's detector and
-    metric: the outputs in the working tree are stale or the code differs."""
-    threshold = read_json(MODEL_DIR / "ood.json")["threshold"]
-    if not math.isclose(row["threshold"], threshold, rel_tol=1e-9):
-        sys.exit(f"models/ood.json: threshold {threshold} but {row['threshold']} refitted; "
-                 "run dvc repro first")
+def gaussians_as_shipped(train: np.ndarray, labels: np.ndarray, outliers: np.ndarray,
+                         val: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], float]:
+    """The scorer and threshold of the detector before issue 27, with its settings then
+    (32 and 8 components, contrast 0.12, 95% of validation accepted)."""
+    medical = gaussian_distance(train, labels, 32)
+    natural = gaussian_distance(outliers, np.zeros(len(outliers), dtype=np.int64), 8)
+
+    def score(features: np.ndarray) -> np.ndarray:
+        return medical(features) - 0.12 * natural(features)
+    return score, float(np.quantile(score(val), 0.95, method="inverted_cdf"))
+
+
+def tuned(fitting: FittingSet, val: np.ndarray) -> dict:
+    """The penalty and threshold that leaving one packaged source out favours, and the
+    left-out figures at every candidate."""
+    sources = fitting.packaged_sources()
+    best, table = None, []
+    for penalty in PENALTIES:
+        scores = left_out_scores(fitting.inside, fitting.outside, val, sources, penalty, 0.0)
+        for threshold in THRESHOLDS:
+            inside = np.mean([(scores[n] <= threshold).mean() for n, (side, _) in
+                              sources.items() if side == "inside"])
+            outside = np.mean([(scores[n] > threshold).mean() for n, (side, _) in
+                               sources.items() if side == "outside"])
+            row = {"penalty": penalty, "threshold": threshold,
+                   "left_out_mri_accepted": round(float(inside), 4),
+                   "left_out_outliers_flagged": round(float(outside), 4)}
+            table.append(row)
+            if best is None or min(inside, outside) > best[0]:
+                best = (min(inside, outside), row)
+    return {**best[1], "sources": sorted(sources), "candidates": len(table)}
+
+
+def pooled(scores: dict[str, np.ndarray], threshold: float) -> dict:
+    """Each goal's pooled held-out share (accepted, or flagged for the everyday set)."""
+    shares = {}
+    for kind, names in KINDS.items():
+        values = np.concatenate([scores[name] for name in names])
+        accepted = ood_acceptance({kind: values}, threshold)[kind]
+        if kind == "everyday":
+            shares[f"{kind}_flagged"] = {"n": accepted["n"], "share": 1 - accepted["accepted"],
+                                         "low": 1 - accepted["accepted_high"],
+                                         "high": 1 - accepted["accepted_low"]}
+        else:
+            shares[f"{kind}_accepted"] = {"n": accepted["n"], "share": accepted["accepted"],
+                                          "low": accepted["accepted_low"],
+                                          "high": accepted["accepted_high"]}
+    return shares
+
+
+def best_point(curve: list[dict]) -> dict:
+    """The threshold whose worst goal share (MRI, histology accepted; everyday flagged) is
+    highest on the held-out curve: chosen looking at the held-out sets."""
+    def worst(point: dict) -> float:
+        mri = np.mean([point[f"{name}_accepted"] for name in KINDS["mri"]])
+        return min(mri, point["breast-idc_accepted"], 1 - point["everyday_accepted"])
+    point = max(curve, key=worst)
+    return {"threshold": point["threshold"],
+            "mri_accepted": round(float(np.mean([point[f"{n}_accepted"]
+                                                 for n in KINDS["mri"]])), 4),
+            "histology_accepted": point["breast-idc_accepted"],
+            "everyday_flagged": round(1 - point["everyday_accepted"], 4),
+            "test_accepted": point["test_accepted"]}
+
+
+def held_out(score: Callable[[np.ndarray], np.ndarray], threshold: float,
+             sets: dict[str, np.ndarray]) -> dict:
+    scores = {name: score(features) for name, features in sets.items()}
+    inside = np.concatenate([scores[n] for k in ("mri", "histology") for n in KINDS[k]])
+    curve = acceptance_curve(scores, 41)
+    return {"threshold": threshold, "sources": ood_acceptance(scores, threshold),
+            "goals": pooled(scores, threshold),
+            "auroc_everyday_vs_real": ood_auroc(inside, scores["everyday"]),
+            "curve": curve, "best_point": best_point(curve)}
+
+
+def check_against_pipeline(detector_val_accepted: float, figures: dict) -> None:
+    """Stop when the pipeline's method does not reproduce the pipeline's detector."""
+    stored = read_json(MODEL_DIR / "ood.json")["val_accepted"]
+    if stored != detector_val_accepted:
+        sys.exit(f"models/ood.json: val_accepted {stored} but {detector_val_accepted} "
+                 "refitted; run dvc repro first")
     metric = read_json(EVALUATE_METRICS)
-    for name, value in ood_headline(row).items():
+    for name, value in ood_headline(figures).items():
         if metric.get(name) != value:
             sys.exit(f"metrics/evaluate.json: {name} {metric.get(name)} but {value} "
                      "refitted; run dvc repro first")
@@ -107,128 +237,167 @@ def check_against_pipeline(row: dict) -> None:
 def machine() -> dict:
     return {"cpus": os.cpu_count(), "machine": platform.machine(),
             "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "timm": timm.__version__,
-            "numpy": np.__version__}
+            "timm": timm.__version__}
 
 
-OOD_SETS = {"test": "test split", "external": "external MRI (packaged, other scanners)",
-            "everyday": "everyday photographs and graphics",
-            "other_modalities": "other modalities (retina, CT, ultrasound, microscopy)"}
-
-OOD_GOALS = {"everyday_flagged": 0.85, "accepted": 0.90}  # issue 17's acceptance goals
-
-
-def configured_contrast(bench: dict) -> dict:
-    """The contrast dial's row at the configured `ood.contrast`: the pipeline's detector."""
-    return next(row for row in bench["contrasts"]
-                if row["contrast"] == bench["configured_contrast"])
+def packaged_sets(config: ModelConfig) -> dict[str, np.ndarray]:
+    """The packaged held-out sets, as the model's inputs, after checking that none of their
+    files is among the fitting set's."""
+    found = {"everyday": everyday(), "other_modalities": other_modalities()}
+    fitted = {source_file(name) for name in (*external_mri(), *outlier_exposure(600, 0))}
+    shared = fitted & {source_file(name) for images in found.values() for name in images}
+    if shared:
+        sys.exit(f"held-out files are also fitted on: {sorted(shared)}")
+    return {name: model_inputs(images, config) for name, images in found.items()}
 
 
-def ood_goal_line(ood: dict) -> str:
-    """Whether both goals hold at the chosen threshold, and the best the curve offers."""
-    sets, curve = ood["sets"], ood["curve"]
-    flagged = 1 - sets["everyday"]["accepted"]
-    inside = min(sets["test"]["accepted"], sets["external"]["accepted"])
-    both = flagged >= OOD_GOALS["everyday_flagged"] and inside >= OOD_GOALS["accepted"]
+def measure(classifier: Classifier, params: Params, real: dict[str, np.ndarray]) -> dict:
+    """Every method, tuned and fitted, on the held-out sources."""
+    settings, config = params.ood, classifier.config
+    train = np.load(PREPARED / "train.npy")
+    labels = pd.read_csv(PREPARED / "train.csv")["label"].to_numpy()
+    images = {"test": np.load(PREPARED / "test.npy"), **real, **packaged_sets(config)}
+    extractors = {"stage": lambda pixels: classifier.predict_with_features(
+                      pixels, settings.batch_size)[1],
+                  "prelogit": prelogits(classifier, settings.batch_size)}
+    results = {}
+    for kind, extract in extractors.items():
+        fitting = fitting_set(extract, config, train, settings, params.seed)
+        val = extract(np.load(PREPARED / "val.npy"))
+        sets = {name: extract(pixels) for name, pixels in images.items()}
+        knobs = tuned(fitting, val)
+        # The pipeline's method runs with params.yaml's knobs: the figures are the shipped
+        # detector's (a test checks that they are the tuned ones).
+        penalty, threshold = ((settings.penalty, settings.threshold) if kind == "stage"
+                              else (knobs["penalty"], knobs["threshold"]))
+        detector = fit_detector(fitting.inside, fitting.outside, val, penalty, threshold)
+        results[f"{kind}_logistic"] = {"tuned": knobs, "penalty": penalty,
+                                       **held_out(detector.score, threshold, sets)}
+        if kind == "stage":
+            check_against_pipeline(detector.summary["val_accepted"], {"sets": ood_acceptance(
+                {name: detector.score(sets[name]) for name in ("test", "everyday")},
+                threshold)})
+        else:
+            score, cut = gaussians_as_shipped(fitting.inside[:len(train)], labels,
+                                              fitting.outside, val)
+            results["prelogit_gaussians"] = held_out(score, cut, sets)
+    return results
 
-    def accepted_inside(point: dict) -> float:
-        return min(point["test_accepted"], point["external_accepted"])
 
-    keeping = [1 - p["everyday_accepted"] for p in curve
-               if accepted_inside(p) >= OOD_GOALS["accepted"]]
-    flagging = [accepted_inside(p) for p in curve
-                if 1 - p["everyday_accepted"] >= OOD_GOALS["everyday_flagged"]]
-    verdict = "both hold" if both else "not both hold with the sample's narrow training set"
-    return (f"Goals: at least {OOD_GOALS['everyday_flagged']:.0%} of the everyday images "
-            f"flagged and {OOD_GOALS['accepted']:.0%} of test and external images accepted: "
-            f"{verdict}. On the threshold curve, accepting {OOD_GOALS['accepted']:.0%} of "
-            f"both flags at most {max(keeping, default=0):.0%} of the everyday images; "
-            f"flagging {OOD_GOALS['everyday_flagged']:.0%} accepts at most "
-            f"{max(flagging, default=0):.0%} of both.")
+SOURCE_NAMES = {"test": "test split", "breast-idc": "breast IDC patches, one per patient",
+                "everyday": "everyday photographs and graphics (flagged)",
+                "other_modalities": "other modalities: retina, CT, ultrasound, microscopy "
+                                    "(flagged)",
+                **{f"brain-tumor-mri/{folder}": f"Brain Tumor MRI set, {folder}"
+                   for folder in MRI_FOLDERS}}
+GOAL_NAMES = {"mri_accepted": "brain MRI accepted", "histology_accepted": "breast H&E accepted",
+              "everyday_flagged": "everyday flagged", "test_accepted": "test split accepted"}
+FLAGGED = ("everyday", "other_modalities")  # shown as the share flagged
+
+
+def share_cell(row: dict, flagged: bool) -> str:
+    """A source's share accepted, or flagged, with its 95% interval."""
+    if flagged:
+        return (f"{1 - row['accepted']:.3f} ({1 - row['accepted_high']:.3f} to "
+                f"{1 - row['accepted_low']:.3f})")
+    return f"{row['accepted']:.3f} ({row['accepted_low']:.3f} to {row['accepted_high']:.3f})"
+
+
+def goals_line(method: dict, goals: dict) -> str:
+    parts = []
+    for key, figure in method["goals"].items():
+        met = "met" if figure["share"] >= goals[key] else "NOT met"
+        parts.append(f"{GOAL_NAMES[key]} {figure['share']:.3f} ({figure['low']:.3f} to "
+                     f"{figure['high']:.3f}; goal {goals[key]:.0%}: {met})")
+    return "; ".join(parts)
+
+
+def best_line(method: dict) -> str:
+    best = method["best_point"]
+    return (f"threshold {best['threshold']:.2f}: brain MRI accepted {best['mri_accepted']:.3f}, "
+            f"breast H&E {best['histology_accepted']:.3f}, everyday flagged "
+            f"{best['everyday_flagged']:.3f}, test split {best['test_accepted']:.3f}")
 
 
 def ood_markdown(root: Path) -> str:
-    """The pipeline's out-of-distribution detector at its threshold on each packaged set."""
-    ood = configured_contrast(results_file(root, OOD_FILE))
-    lines = ["| images (n) | accepted as MRI or histology (95% CI) |", "|---|---|"]
-    for name, label in OOD_SETS.items():
-        row = ood["sets"][name]
-        lines.append(f"| {label} ({row['n']}) | {row['accepted']:.3f} "
-                     f"({row['accepted_low']:.3f} to {row['accepted_high']:.3f}) |")
-    auroc = ood["auroc"]
-    return "\n".join([*lines, "", f"ROC-AUC, everyday against test: "
-                      f"{auroc['everyday_vs_test']:.3f}; against external: "
-                      f"{auroc['everyday_vs_external']:.3f}. {ood_goal_line(ood)}"])
-
-
-def ood_dial_table(bench: dict) -> list[str]:
-    """One row per contrast, each detector at its own validation threshold."""
-    lines = ["| contrast | threshold | everyday flagged | test accepted | external accepted "
-             "| other modalities flagged | ROC-AUC everyday vs external |",
-             "|---|---|---|---|---|---|---|"]
-    for row in bench["contrasts"]:
-        sets = row["sets"]
-        chosen = " (configured)" if row["contrast"] == bench["configured_contrast"] else ""
-        lines.append(f"| {row['contrast']:g}{chosen} | {row['threshold']:.0f} | "
-                     f"{1 - sets['everyday']['accepted']:.3f} | "
-                     f"{sets['test']['accepted']:.3f} | {sets['external']['accepted']:.3f} | "
-                     f"{1 - sets['other_modalities']['accepted']:.3f} | "
-                     f"{row['auroc']['everyday_vs_external']:.3f} |")
-    return lines
+    """The pipeline's detector on the held-out sources, pooled as the goals read them, for
+    the README (per source: docs/serving.md)."""
+    bench = results_file(root, OOD_FILE)
+    method, goals = bench["methods"][bench["pipeline"]], bench["goals"]
+    labels = {"test_accepted": "test split, accepted",
+              "mri_accepted": "Brain Tumor MRI set, its 4 class folders, accepted",
+              "histology_accepted": "breast IDC patches, one per patient, accepted",
+              "everyday_flagged": "everyday photographs and graphics, flagged"}
+    lines = ["| held-out images (n) | share (95% CI) | goal |", "|---|---|---|"]
+    for key in labels:
+        figure = method["goals"][key]
+        met = "met" if figure["share"] >= goals[key] else "NOT met"
+        lines.append(f"| {labels[key]} ({figure['n']}) | {figure['share']:.3f} "
+                     f"({figure['low']:.3f} to {figure['high']:.3f}) | {goals[key]:.0%}: "
+                     f"{met} |")
+    other = method["sources"]["other_modalities"]
+    lines.append(f"| other modalities, flagged ({other['n']}) | "
+                 f"{share_cell(other, flagged=True)} | |")
+    return "\n".join([*lines, "", f"Best threshold on these sets, chosen looking at them (an "
+                       f"upper bound): {best_line(method)}."])
 
 
 def ood_curve_markdown(root: Path) -> str:
-    """The contrast dial, then every threshold of the configured contrast's curve: what
-    each set's acceptance would be there."""
+    """Every method tried: how its knobs were chosen, its held-out figures and its best
+    point; then the pipeline's threshold curve on the held-out sources."""
     bench = results_file(root, OOD_FILE)
-    ood = configured_contrast(bench)
-    names = list(OOD_SETS)
-    curve = ["| threshold | " + " | ".join(f"{OOD_SETS[n]} accepted" for n in names) + " |",
-             "|---|" + "---|" * len(names)]
-    for point in ood["curve"]:
-        curve.append(f"| {point['threshold']:.0f} | "
-                     + " | ".join(f"{point[f'{n}_accepted']:.3f}" for n in names) + " |")
-    return "\n".join([
-        f"One detector fitted per `ood.contrast`, each with the threshold that accepts "
-        f"{bench['settings']['accept']:.0%} of the validation split (`{bench['command']}`, "
-        f"{bench['wall_seconds']:.0f} s on {bench['machine']['cpus']} CPU cores, model "
-        f"sha256 `{bench['model_sha256'][:12]}`):", "", *ood_dial_table(bench), "",
-        f"Every threshold at the configured contrast {ood['contrast']:g} (chosen: "
-        f"{ood['threshold']:.0f}):", "", *curve])
+    lines = [f"`{bench['command']}`, {bench['wall_seconds'] / 60:.0f} minutes on "
+             f"{bench['machine']['cpus']} CPU cores, model sha256 "
+             f"`{bench['model_sha256'][:12]}`.", ""]
+    for name, method in bench["methods"].items():
+        tuned = method.get("tuned")
+        chosen = ("knobs as shipped then" if tuned is None else
+                  f"left-out sources favour penalty {tuned['penalty']:g} and threshold "
+                  f"{tuned['threshold']:g} (left-out MRI accepted "
+                  f"{tuned['left_out_mri_accepted']:.3f}, left-out outliers flagged "
+                  f"{tuned['left_out_outliers_flagged']:.3f})")
+        used = ("" if tuned is None else
+                f"; scored at penalty {method['penalty']:g}, threshold {method['threshold']:g}")
+        lines += [f"- **{bench['descriptions'][name]}**: {chosen}{used}. Held out: "
+                  f"{goals_line(method, bench['goals'])}. ROC-AUC everyday against real "
+                  f"MRI and H&E {method['auroc_everyday_vs_real']:.3f}. Best point "
+                  f"(an upper bound): {best_line(method)}."]
+    method = bench["methods"][bench["pipeline"]]
+    names = list(method["sources"])
+    lines += ["", "The pipeline's detector at every threshold (share accepted):", "",
+              "| threshold | " + " | ".join(SOURCE_NAMES[n].removesuffix(" (flagged)")
+                                          for n in names) + " |",
+              "|---|" + "---|" * len(names)]
+    lines += [f"| {point['threshold']:.2f} | "
+              + " | ".join(f"{point[f'{n}_accepted']:.3f}" for n in names) + " |"
+              for point in method["curve"]]
+    return "\n".join(lines)
 
 
 def main() -> None:
-    params = load_params(REPO / "params.yaml")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--contrast", type=float, nargs="+", default=list(CONTRASTS),
-                        help=f"besides ood.contrast ({params.ood.contrast})")
+    parser.add_argument("--data", type=Path, default=Path(
+        os.environ.get("MEDIMG_REAL_DATA") or REPO.parent / "shared/datasets"))
+    parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    params = load_params(REPO / "params.yaml")
     start = time.perf_counter()
     reproducible_cpu(params.cpu_threads)
-    # The CPU, as the ood stage runs: its threshold is then reproduced exactly.
-    every, sources = features(load_classifier(MODEL_DIR), params)
-    labels = pd.read_csv(PREPARED / "train.csv")["label"].to_numpy()
-    configured = params.ood.contrast
-    rows = [{"contrast": contrast,
-             **measure(every, labels, params, contrast, contrast == configured)}
-            for contrast in dial(args.contrast, configured)]
-    check_against_pipeline(next(row for row in rows if row["contrast"] == configured))
-    settings = params.ood.model_dump()
+    classifier = load_classifier(MODEL_DIR)
+    real = real_sets(args.data, args.per_class, params.seed, classifier.config)
+    methods = measure(classifier, params, real)
     write_json(args.out, {
         "command": shlex.join(["python", "benchmarks/ood_tradeoff.py", *sys.argv[1:]]),
         "machine": machine(), "wall_seconds": round(time.perf_counter() - start, 1),
         "model_sha256": file_sha256(MODEL_DIR / "model.safetensors"),
-        "configured_contrast": configured,
-        "settings": {key: value for key, value in settings.items() if key != "contrast"},
-        "fitted_on": {name: len(every[name]) for name in ("train", "val", "outliers")},
-        "sources": sources, "contrasts": rows})
-    for row in rows:
-        sets = row["sets"]
-        print(f"contrast {row['contrast']:g}: threshold {row['threshold']:.0f}, everyday "
-              f"flagged {1 - sets['everyday']['accepted']:.3f}, test accepted "
-              f"{sets['test']['accepted']:.3f}, external accepted "
-              f"{sets['external']['accepted']:.3f}")
+        "held_out": {name: len(images) for name, images in real.items()},
+        "goals": GOALS, "pipeline": PIPELINE, "descriptions": METHODS,
+        "methods": methods})
+    for name, row in methods.items():
+        goals = row["goals"]
+        print(f"{name}: threshold {row['threshold']:g}, " + ", ".join(
+            f"{goal} {figure['share']:.3f}" for goal, figure in goals.items()))
 
 
 if __name__ == "__main__":

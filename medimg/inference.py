@@ -6,7 +6,7 @@ Images arrive decoded and resized, uint8 N x H x W x 3 (as the prepare stage sto
 and `prepare_image` returns them). `normalise` is the only normalisation; `Classifier`
 runs them batch by batch through a backend, a PyTorch module on any device or an ONNX
 Runtime session, and `Classifier.outputs` is the only batched-inference loop: logits and
-the penultimate features the out-of-distribution detector scores. `Ensemble`
+the stage features the out-of-distribution detector scores. `Ensemble`
 averages the probabilities of several classifiers (and of flipped views, for test-time
 augmentation) behind the same `predict` and `config`.
 """
@@ -71,15 +71,18 @@ def as_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))
 
 
-Outputs = tuple[torch.Tensor, torch.Tensor | None]  # logits, penultimate features (or None)
+Outputs = tuple[torch.Tensor, torch.Tensor | None]  # logits, stage features (or None)
 
 
 def logits_and_features(model: torch.nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor,
                                                                             torch.Tensor]:
-    """A timm classifier's logits and its pre-logits features (pooled, before the head): the
-    same forward pass as `model(batch)`, keeping what the out-of-distribution score reads."""
-    features = model.forward_head(model.forward_features(batch), pre_logits=True)
-    return model.get_classifier()(features), features
+    """A timm classifier's logits and its stage features: the output of each feature stage
+    (timm's `forward_intermediates`), averaged over the image and concatenated. The same
+    forward pass as `model(batch)`, keeping what the out-of-distribution score reads: early
+    stages keep the texture and colour that the fine-tuned head forgets."""
+    final, stages = model.forward_intermediates(batch)
+    features = torch.cat([stage.mean(dim=(2, 3)) for stage in stages], dim=1)
+    return model.forward_head(final), features
 
 
 class WithFeatures(torch.nn.Module):

@@ -162,10 +162,9 @@ class TrainParams(Section):
 
 
 class OodParams(Section):
-    components: PositiveInt
-    outlier_components: PositiveInt
-    contrast: Annotated[Number, Field(ge=0.0)]
-    accept: Annotated[Number, Field(gt=0.0, le=1.0)]
+    penalty: Annotated[Number, Field(gt=0.0)]
+    threshold: Number
+    jitter_copies: NonNegativeInt
     outlier_images: Annotated[int, Field(strict=True, ge=2)]
     batch_size: PositiveInt
 

@@ -84,8 +84,8 @@ def external(params: Params, classifier: Classifier, detector: OodDetector | Non
 
 def out_of_distribution(classifier: Classifier, detector: OodDetector,
                         test_features: np.ndarray, batch_size: int) -> dict:
-    """The detector on the test split and the packaged reference sets, and where the
-    reference images came from."""
+    """The detector on the test split and the packaged evaluation sets, and where their
+    images came from."""
     references, sources = reference_features(classifier, batch_size)
     return {**ood_figures(detector, {"test": test_features, **references}), "sources": sources}
 

@@ -35,8 +35,8 @@ def sidecar(config: ModelConfig) -> dict:
         "output": {"name": "logits", "activation": "sigmoid of the one logit = probability of "
                    f"{config.classes[1]}" if len(config.classes) == 2 else "softmax"},
         "features": {"name": "features", "shape": ["batch", "features"],
-                     "use": "pooled penultimate features, scored by the out-of-distribution "
-                            "detector (ood.json)"},
+                     "use": "each feature stage's output, pooled, scored by the "
+                            "out-of-distribution detector (ood.json)"},
         "classes": config.classes,
         "preprocessing": {
             "decode": "EXIF orientation applied; any mode to 8-bit RGB, transparency on white",

@@ -1,5 +1,5 @@
 """Slices of a 3-D MRI volume as images: the sample stage's training images and the
-evaluation's external MRI are cut the same way."""
+out-of-distribution detector's MRI from other scanners are cut the same way."""
 
 from collections.abc import Iterator
 

@@ -1,13 +1,12 @@
-"""The out-of-distribution detector's figures: what it accepts of the test split and of
-the packaged reference sets, how well it ranks them, and the trade-off over thresholds.
-The evaluate stage and benchmarks/ood_tradeoff.py report them the same way."""
+"""The out-of-distribution detector's figures: what it accepts of the test split and of the
+packaged evaluation sets, how well it ranks them, and the trade-off over thresholds. The
+evaluate stage and benchmarks/ood_tradeoff.py report them the same way."""
 
 import numpy as np
 
 from medimg.evaluation.ood import OodDetector
 from medimg.evaluation.references import (
     everyday,
-    external_mri,
     model_inputs,
     other_modalities,
     source_file,
@@ -20,10 +19,9 @@ CURVE_POINTS = 41  # thresholds of the out-of-distribution trade-off curve
 
 def reference_features(classifier: Classifier,
                        batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-    """The network's features of each packaged reference set, and the package files each
-    set's images came from."""
-    references = {"external": external_mri(), "everyday": everyday(),
-                  "other_modalities": other_modalities()}
+    """The network's features of each packaged evaluation set (none of it is fitted on),
+    and the package files each set's images came from."""
+    references = {"everyday": everyday(), "other_modalities": other_modalities()}
     features = {name: classifier.predict_with_features(model_inputs(images, classifier.config),
                                                        batch_size)[1]
                 for name, images in references.items()}
@@ -36,18 +34,17 @@ def ood_figures(detector: OodDetector, features: dict[str, np.ndarray]) -> dict:
     """The detector on named sets of features (the test split first, then the reference
     sets): what it accepts, how well it ranks, and the trade-off over thresholds."""
     scores = {name: detector.score(values) for name, values in features.items()}
-    return {"threshold": detector.threshold, "contrast": detector.contrast,
+    return {"threshold": detector.threshold,
             "sets": ood_acceptance(scores, detector.threshold),
-            "auroc": {f"{outside}_vs_{inside}": ood_auroc(scores[inside], scores[outside])
-                      for outside in ("everyday", "other_modalities")
-                      for inside in ("test", "external")},
+            "auroc": {f"{outside}_vs_test": ood_auroc(scores["test"], scores[outside])
+                      for outside in ("everyday", "other_modalities")},
             "curve": acceptance_curve(scores, CURVE_POINTS)}
 
 
 def ood_headline(ood: dict) -> dict[str, float]:
-    """The figures the acceptance goals name: shares of everyday photographs flagged, and
-    of the test split and the external MRI accepted (the rest is in report.json)."""
+    """The figures the acceptance goals name that the default pipeline can measure: shares
+    of everyday photographs flagged and of the test split accepted (the rest is in
+    report.json)."""
     sets = ood["sets"]
     return {"ood_flagged": round(1.0 - sets["everyday"]["accepted"], 4),
-            "ood_test": round(sets["test"]["accepted"], 4),
-            "ood_external": round(sets["external"]["accepted"], 4)}
+            "ood_test": round(sets["test"]["accepted"], 4)}

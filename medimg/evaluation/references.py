@@ -1,5 +1,5 @@
 """Reference image sets that ship inside the project's packages, for out-of-distribution
-detection: what the detector learns "not medical" from, and what it is scored on.
+detection: what the detector learns from, and what it is scored on.
 
 Each set is a dict from a name to a uint8 H x W x 3 image. A name is the source file inside
 its package (`skimage/data/moon.png`), with `#<part>` after it when one file gives several
@@ -15,8 +15,10 @@ it came from and the sets can be checked to share no file:
   scan (`JPEG2000`) and two ultrasound images. Evaluation only.
 - `external_mri()`: 101 brain MRI slices from subjects and scanners the sample never uses:
   nibabel's 2 mm T1 `anatomical.nii` in three planes (99), matplotlib's `s1045.ima` and
-  pydicom's `MR_small.dcm`. In-distribution; evaluation only. No histopathology besides the
-  two slides the sample already tiles ships in a package, so the set is MRI only.
+  pydicom's `MR_small.dcm`. In-distribution: part of the detector's fitting set, so that
+  "MRI" means more than the sample's two volumes (the ood stage reports each file left
+  out). No histopathology besides the two slides the sample already tiles ships in a
+  package, so the set is MRI only.
 - `outlier_exposure(count, seed)`: what the detector is fitted against: sklearn's china and
   flower photographs and matplotlib's Grace Hopper (whole and cropped), matplotlib's logos
   and toolbar icons, networkx's and sympy's test plots, pages of text rendered in

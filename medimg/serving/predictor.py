@@ -85,17 +85,21 @@ class Predictor:
     def predict(self, images: np.ndarray) -> list[dict]:
         """One answer per uint8 N x S x S x 3 image, from one batched model call."""
         classes = self.config.classes
+        scores = accepted = higher = None
         if self.detector is None:
-            probs, scores, accepted = self.classifier.predict(images, len(images)), None, None
+            probs = self.classifier.predict(images, len(images))
         else:
             probs, features = self.classifier.predict_with_features(images, len(images))
             scores = self.detector.score(features)
             accepted = scores <= self.detector.threshold
+            higher = self.detector.share_scoring_higher(scores)
         return [{"predicted": classes[int(prob.argmax())],
                  "probabilities": {c: round(float(p), 6) for c, p in zip(classes, prob,
                                                                          strict=True)},
                  "in_distribution": None if accepted is None else bool(accepted[row]),
-                 "ood_score": None if scores is None else round(float(scores[row]), 4)}
+                 "ood_score": None if scores is None else round(float(scores[row]), 4),
+                 "validation_scoring_higher": None if higher is None
+                 else round(float(higher[row]), 4)}
                 for row, prob in enumerate(probs)]
 
     def gradcam_png(self, pixels: np.ndarray, target: int) -> bytes:

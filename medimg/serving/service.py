@@ -56,7 +56,8 @@ class FileResult(BaseModel):
     predicted: str | None = None
     probabilities: dict[str, float] | None = None
     in_distribution: bool | None = None
-    ood_score: float | None = None
+    ood_score: float | None = None  # log-odds of "not like the training data"
+    validation_scoring_higher: float | None = None  # share of validation images above it
     error: str | None = None
     gradcam: str | None = None  # base64 PNG
 

@@ -1,8 +1,6 @@
 "use strict";
 // The page for people: pick or drop images, send them to POST /predict, show each answer.
 
-const OOD_WARNING =
-  "Not an MRI or a histology patch - this image does not look like the training data";
 const DICOM_NAME = /\.(dcm|dicom)$/i;
 const READY_RETRY_MS = 2000;
 
@@ -13,10 +11,12 @@ const statusLine = document.getElementById("status");
 const requestError = document.getElementById("request-error");
 const resultList = document.getElementById("results");
 const modelFooter = document.getElementById("model");
+const heading = document.getElementById("heading");
 
 let chosenFiles = [];
 let thumbnailUrls = [];
 let latestRequest = 0;
+let classNames = [];
 
 function element(tag, { className, testid, text } = {}) {
   const node = document.createElement(tag);
@@ -30,7 +30,32 @@ function percent(probability) {
   return `${(probability * 100).toFixed(1)}%`;
 }
 
+// A class as people read it: "breast_histo" -> "breast histo".
+function readable(name) {
+  return name.replaceAll("_", " ");
+}
+
+// The question the model answers, from its own classes: "mri or breast histo?".
+function showQuestion(classes) {
+  classNames = classes.map(readable);
+  const question = `${classNames.slice(0, -1).join(", ")} or ${classNames.at(-1)}?`;
+  heading.textContent = question;
+  document.title = question;
+}
+
+// What the detector's flag means, in words: the image is unlike the training images, and
+// how unusual it is against the validation images (the share of them that score higher).
+function oodWarning(entry) {
+  const trained = `the ${classNames.join(" and ")} images this model was trained on`;
+  const share = entry.validation_scoring_higher;
+  const rank = share === null ? "" : share === 0
+    ? ": none of its validation images looks less like them"
+    : `: only ${percent(share)} of its validation images look less like them`;
+  return `This image is unlike ${trained}${rank}. Its prediction may mean nothing.`;
+}
+
 function showModel(model) {
+  showQuestion(model.classes);
   const sha = model.sha256 || "";
   modelFooter.replaceChildren(
     "Model ",
@@ -138,9 +163,8 @@ function details(entry, name) {
     body.append(probabilityBar(className, probability, entry.predicted));
   }
   if (entry.in_distribution === false) {
-    const score = entry.ood_score === null ? "" : ` (score ${entry.ood_score.toFixed(2)})`;
-    const text = OOD_WARNING + score;
-    body.append(element("p", { className: "ood-warning", testid: "ood-warning", text }));
+    body.append(element("p", { className: "ood-warning", testid: "ood-warning",
+                                text: oodWarning(entry) }));
   }
   return body;
 }
