@@ -169,6 +169,13 @@ class OodParams(Section):
     batch_size: PositiveInt
 
 
+class ShiftParams(Section):
+    permutations: PositiveInt
+    folds: Annotated[int, Field(strict=True, ge=2)]
+    resamples: PositiveInt
+    sheet: NonNegativeInt
+
+
 class EvaluateParams(Section):
     batch_size: PositiveInt
     bootstrap_resamples: PositiveInt
@@ -176,6 +183,7 @@ class EvaluateParams(Section):
     least_confident: NonNegativeInt
     gradcam_per_class: NonNegativeInt
     external_dir: str | None
+    shift: ShiftParams
 
 
 class ExportParams(Section):

@@ -30,7 +30,7 @@ from benchmarks import (
 from benchmarks.gpu import stage_check
 from benchmarks.real import experiments, leakage, run
 from medimg.docs import Section, markers, update_files
-from medimg.evaluation.headline import headline_markdown
+from medimg.evaluation.headline import headline_markdown, shift_markdown
 
 COMMAND = "python -m scripts.results_table"
 RENDERERS: dict[str, dict[str, Callable[[Path], str]]] = {
@@ -42,9 +42,11 @@ RENDERERS: dict[str, dict[str, Callable[[Path], str]]] = {
     "docs/serving.md": {"ood-curve": ood_tradeoff.ood_curve_markdown,
                         "ood-cost": ood_cost.cost_markdown},
     "docs/dvc.md": {"exp-show": exp_show.exp_show_markdown},
-    "docs/pipeline.md": {"cpu-pins": cpu_pins_benchmark.cpu_pins_markdown},
+    "docs/pipeline.md": {"cpu-pins": cpu_pins_benchmark.cpu_pins_markdown,
+                         "shift-sample": shift_markdown},
     "docs/real-data.md": {"real-results": run.real_markdown,
                           "real-leakage": leakage.leakage_markdown,
+                          "real-shift": run.shift_markdown,
                           "task-b-experiments-detail": experiments.experiments_detail_markdown},
     "benchmarks/README.md": {"dedup-benchmark": dedup_benchmark.dedup_markdown,
                              "loader-benchmark": loader_benchmark.loader_markdown,

@@ -31,6 +31,8 @@ from medimg.evaluation.scores import (
     ood_acceptance,
     shortcut_scores,
 )
+from medimg.evaluation.shift import NUMERIC, ShiftReport
+from medimg.evaluation.shift import headline as shift_headline
 from medimg.inference import Classifier, load_classifier
 from medimg.io import atomic_path, write_csv, write_json
 from medimg.params import Params, load_params
@@ -90,6 +92,29 @@ def out_of_distribution(classifier: Classifier, detector: OodDetector,
     return {**ood_figures(detector, {"test": test_features, **references}), "sources": sources}
 
 
+def shift_report(params: Params, parts: dict[str, pd.DataFrame],
+                 arrays: dict[str, np.ndarray], features: dict[str, np.ndarray],
+                 metrics: dict, predicted: np.ndarray) -> dict:
+    """Where test differs from training, class by class (validation: the reference);
+    writes shift.json and its figures, and returns the report."""
+    classes = params.classes
+    shift = ShiftReport(parts, arrays, features, Path(params.data.raw_dir),
+                        params.evaluate.shift, params.seed)
+    recall = {split: {name: row["recall"] for name, row in metrics[split]["per_class"].items()}
+              for split in ("val", "test")}
+    report = shift.report(classes, recall, predicted)
+    write_json(REPORT_DIR / "shift.json", report)
+    plots.shift_properties_png(PLOTS / "shift_properties.png", shift.properties, NUMERIC)
+    plots.nearest_png(PLOTS / "shift_nearest_training.png", shift.nearest, shift.labels,
+                      classes)
+    unlike = report["most_unlike"]
+    plots.contact_sheet_png(
+        PLOTS / "shift_most_unlike.png", np.asarray(arrays["test"])[[r["index"] for r in unlike]],
+        [f"{r['class']} -> {r['predicted']}\n{Path(r['path']).name[:28]} ({r['distance']:.1f})"
+         for r in unlike])
+    return report
+
+
 def gradcam_overlays(classifier: Classifier, part: pd.DataFrame, pixels: np.ndarray,
                      per_class: int) -> list[str]:
     """A few test images per class and outcome, with the map of the predicted class."""
@@ -117,7 +142,9 @@ def main() -> None:
     parts = {s: pd.read_csv(PREPARED / f"{s}.csv", dtype={"group": str}, keep_default_na=False)
              for s in ("train", "val", "test")}
     arrays = {s: np.load(PREPARED / f"{s}.npy", mmap_mode="r") for s in parts}
-    metrics, rows, features = {}, [], {}
+    metrics, rows = {}, []
+    features = {"train": classifier.predict_with_features(arrays["train"],
+                                                          settings.batch_size)[1]}
     for split in ("val", "test"):
         probs, features[split] = classifier.predict_with_features(arrays[split],
                                                                   settings.batch_size)
@@ -141,6 +168,7 @@ def main() -> None:
                                              settings.batch_size)
     predictions = pd.concat(rows, ignore_index=True)
     write_csv(PREDICTIONS, predictions)
+    shift = shift_report(params, parts, arrays, features, metrics, test_probs.argmax(axis=1))
 
     plots.plot_data(PLOTS, test_labels, test_probs, classes)
     plots.confusion_png(PLOTS / "confusion_matrix.png", test_labels, test_probs, classes)
@@ -160,7 +188,8 @@ def main() -> None:
     write_json(REPORT_DIR / "report.json", report)
     write_json(METRICS, {**headline(metrics["test"]),
                          "shortcut": round(metrics["shortcut"]["best_accuracy"], 4),
-                         **(ood_headline(metrics["ood"]) if "ood" in metrics else {})})
+                         **(ood_headline(metrics["ood"]) if "ood" in metrics else {}),
+                         **shift_headline(shift)})
     write_csv(REPORT_DIR / "summary.csv", summary)
     write_csv(REPORT_DIR / "errors.csv", error_analysis(predictions, settings.least_confident))
     figures = sorted(p.relative_to(PLOTS).as_posix() for p in PLOTS.glob("*.png")) + overlays

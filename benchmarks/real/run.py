@@ -10,7 +10,9 @@ benchmarks/real/work/RUN/ with the repository's params.yaml merged with the run'
 `params`, a folder view of the data built from links, and the stage scripts of dvc.yaml
 run in order from it. The figures go to benchmarks/results/real_RUN.json
 (real_RUN_full.json with --full, which also merges the run's `full_recipe`: the original
-study's image size and epochs, meant for a GPU machine).
+study's image size and epochs, meant for a GPU machine), and the shift report's contact
+sheet of the test images most unlike their class's training images to
+docs/images/shift-RUN.png.
 """
 
 import argparse
@@ -198,6 +200,7 @@ def results(name: str, spec: dict, params: dict, work: Path, seconds: dict, full
                   "best": {"epoch": train["best_epoch"], train["monitor"]: train["best_value"],
                            "val_loss": train["best_val_loss"]}},
         "evaluate": {key: evaluate[key] for key in ("val", "test", "shortcut")},
+        "shift": read_json(metrics / "report/shift.json"),
         "test_predictions": test_predictions(work, params["classes"]),
         **({"patients": patients(work, spec["patient_regex"])} if "patient_regex" in spec
            else {}),
@@ -222,6 +225,8 @@ def run(name: str, root: Path, full: bool, work_root: Path, out_dir: Path) -> Pa
     seconds = run_stages(work)
     out = out_dir / f"real_{name}{'_full' if full else ''}.json"
     write_json(out, results(name, spec, params, work, seconds, full))
+    shutil.copyfile(work / "plots/evaluate/shift_most_unlike.png",
+                    REPO / "docs/images" / f"shift-{name}{'-full' if full else ''}.png")
     print(f"{name}: {out} ({sum(seconds.values()):.0f} s)", flush=True)
     return out
 
@@ -285,6 +290,61 @@ def real_markdown(root: Path) -> str:
     """Every real-data run: recipe, de-duplication, split, scores, shortcut and time."""
     runs = real_runs(root)
     return "\n".join(real_table(runs)) if runs else NO_REAL_RUNS
+
+
+def auc_cell(found: dict | None) -> str:
+    """A domain classifier's ROC-AUC with its interval, marked where it shows a shift."""
+    if found is None:
+        return "n/a"
+    mark = " **shift**" if found["low"] > 0.5 else ""
+    return f"{found['auc']:.2f} ({found['low']:.2f} to {found['high']:.2f}){mark}"
+
+
+def drifting(properties: dict, most: int = 3) -> str:
+    """The properties that drift most (largest statistic with p < 0.05)."""
+    found = sorted(((row["statistic"], name) for name, row in properties.items()
+                    if row is not None and row["p_value"] < 0.05), reverse=True)[:most]
+    return ", ".join(f"{name} {value:.2f}" for value, name in found) or "none"
+
+
+def recall_cell(recall: dict) -> str:
+    if recall["val"] is None or recall["test"] is None:
+        return "n/a"
+    return f"{recall['val']:.2f} to {recall['test']:.2f} ({-recall['drop']:+.2f})"
+
+
+def shift_table(shift: dict) -> list[str]:
+    lines = ["| images | n train / other | domain AUC, features (95% CI) | domain AUC, "
+             "properties | properties drifting most (D or TV, p < 0.05) | nearest training "
+             "image, median | recall, val to test |", "|---|---|---|---|---|---|---|"]
+    rows = [("all, validation", shift["overall"]["val"], None),
+            ("all, test", shift["overall"]["test"], None)]
+    for name, found in shift["per_class"].items():
+        rows += [(f"{name}, validation", found["val"], None),
+                 (f"{name}, test", found["test"], found["recall"])]
+    for label, found, recall in rows:
+        lines.append(f"| {label} | {found['n'][0]} / {found['n'][1]} | "
+                     f"{auc_cell(found['domain_auc_features'])} | "
+                     f"{auc_cell(found['domain_auc_properties'])} | "
+                     f"{drifting(found['properties'])} | "
+                     f"{found['nearest_training']['median']} | "
+                     f"{'' if recall is None else recall_cell(recall)} |")
+    return lines
+
+
+def shift_markdown(root: Path) -> str:
+    """Each real run's shift report: where its test images differ from its training
+    images, class by class, beside each class's recall drop."""
+    runs = {name: run for name, run in real_runs(root).items() if "shift" in run}
+    if not runs:
+        return "No results file with a shift report yet: run `benchmarks/real/run.py`."
+    lines = []
+    for name, run in runs.items():
+        lines += [f"**{name}** ({run['date']}, commit {run['commit']}; contact sheet of its "
+                  f"test images most unlike their class's training images: "
+                  f"[shift-{name}.png](images/shift-{name}.png)):", "",
+                  *shift_table(run["shift"]), ""]
+    return "\n".join(lines).rstrip()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,3 +31,13 @@ def headline_markdown(root: Path) -> str:
         lines += ["", "A trivial model reaches at least 0.99 test accuracy: this task is "
                   "separable without looking at anatomy or tissue."]
     return "\n".join(lines)
+
+
+def shift_markdown(root: Path) -> str:
+    """The default run's shift figure, from metrics/evaluate.json."""
+    test = results_file(root, "evaluate.json", "metrics")
+    return (f"On the default sample (`metrics/evaluate.json`), the domain classifier tells "
+            f"training from test images with ROC-AUC {fmt(test['shift_auc'])} (its interval, "
+            "the validation reference and each class: `metrics/report/shift.json`). The split "
+            "keeps slabs of neighbouring slices and regions of a slide together, so test "
+            "images come from other parts of the same few sources than the training images.")

@@ -112,3 +112,64 @@ def training_history_png(path: Path, history_dir: Path) -> None:
         axis.set(xlabel="epoch", ylabel=name, title=f"Training history: {name}")
         axis.legend()
     save_figure(path, figure)
+
+
+SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:green", "test": "tab:red"}
+
+
+def shift_properties_png(path: Path, properties: dict[str, pd.DataFrame],
+                         names: tuple[str, ...]) -> None:
+    """Each numeric image property's distribution in each split, as overlaid histograms."""
+    columns = 3
+    rows = -(-len(names) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.6 * rows))
+    for axis, name in zip(axes.flat, names, strict=False):
+        values = {split: found[name].dropna().to_numpy(dtype=float)
+                  for split, found in properties.items()}
+        every = np.concatenate(list(values.values()))
+        if not len(every):
+            axis.set_title(f"{name}: none")
+            continue
+        edges = np.histogram_bin_edges(every, bins=20)
+        for split, data in values.items():
+            axis.hist(data, bins=edges, density=True, histtype="step", linewidth=1.5,
+                      color=SPLIT_COLOURS[split], label=split)
+        axis.set_title(name)
+    for axis in list(axes.flat)[len(names):]:
+        axis.set_visible(False)
+    axes.flat[0].legend()
+    save_figure(path, figure)
+
+
+def nearest_png(path: Path, distances: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                classes: list[str]) -> None:
+    """Distance to the nearest training image of the own class, per class and split."""
+    figure, axis = plt.subplots(figsize=(max(5, 2.2 * len(classes)), 3.5))
+    data, positions, colours = [], [], []
+    for index in range(len(classes)):
+        for offset, split in ((-0.2, "val"), (0.2, "test")):
+            values = distances[split][labels[split] == index]
+            data.append(values[~np.isnan(values)])
+            positions.append(index + offset)
+            colours.append(SPLIT_COLOURS[split])
+    boxes = axis.boxplot(data, positions=positions, widths=0.35, patch_artist=True)
+    for box, colour in zip(boxes["boxes"], colours, strict=True):
+        box.set_facecolor(colour)
+        box.set_alpha(0.5)
+    axis.set_xticks(range(len(classes)), classes)
+    axis.set_ylabel("distance to nearest training image")
+    axis.set_title("Validation (green) and test (red) against training, by class")
+    save_figure(path, figure)
+
+
+def contact_sheet_png(path: Path, images: np.ndarray, captions: list[str],
+                      columns: int = 4) -> None:
+    """Images in a grid, each with its caption."""
+    rows = max(1, -(-len(images) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows))
+    for axis in np.atleast_1d(axes).flat:
+        axis.axis("off")
+    for axis, image, caption in zip(np.atleast_1d(axes).flat, images, captions, strict=False):
+        axis.imshow(image)
+        axis.set_title(caption, fontsize=8)
+    save_figure(path, figure)
