@@ -12,7 +12,7 @@ run in order from it. The figures go to benchmarks/results/real_RUN.json
 (real_RUN_full.json with --full, which also merges the run's `full_recipe`: the original
 study's image size and epochs, meant for a GPU machine), and the shift report's contact
 sheet of the test images most unlike their class's training images to
-docs/images/shift-RUN.png.
+docs/images/shift-RUN.jpg.
 """
 
 import argparse
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from PIL import Image
 
 from medimg.docs import fmt, interval, results_file
 from medimg.io import read_json, write_json
@@ -225,8 +226,10 @@ def run(name: str, root: Path, full: bool, work_root: Path, out_dir: Path) -> Pa
     seconds = run_stages(work)
     out = out_dir / f"real_{name}{'_full' if full else ''}.json"
     write_json(out, results(name, spec, params, work, seconds, full))
-    shutil.copyfile(work / "plots/evaluate/shift_most_unlike.png",
-                    REPO / "docs/images" / f"shift-{name}{'-full' if full else ''}.png")
+    # A JPEG copy for the docs: a tenth of the PNG's size.
+    with Image.open(work / "plots/evaluate/shift_most_unlike.png") as sheet:
+        sheet.convert("RGB").save(
+            REPO / "docs/images" / f"shift-{name}{'-full' if full else ''}.jpg", quality=85)
     print(f"{name}: {out} ({sum(seconds.values()):.0f} s)", flush=True)
     return out
 
@@ -258,8 +261,8 @@ def recipe(run: dict) -> str:
 def real_table(runs: dict[str, dict]) -> list[str]:
     lines = ["| run | recipe | found / kept | removed: exact / pixel / near / conflict | "
              "train / val / test | val accuracy | test accuracy (95% CI) | "
-             "test macro F1 (95% CI) | shortcut test accuracy | minutes |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "test macro F1 (95% CI) | shortcut test accuracy | minutes | made (commit) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, run in runs.items():
         dedup, split, test = run["dedup"], run["split"], run["evaluate"]["test"]
         shortcut = run["evaluate"]["shortcut"]["image_statistics"]["accuracy"]
@@ -267,7 +270,8 @@ def real_table(runs: dict[str, dict]) -> list[str]:
             f"| {name} | {recipe(run)} | {dedup['found']} / {dedup['kept']} | {removed(dedup)} | "
             f"{split['train']['n']} / {split['val']['n']} / {split['test']['n']} | "
             f"{fmt(run['evaluate']['val']['accuracy'])} | {interval(test, 'accuracy')} | "
-            f"{interval(test, 'f1_macro')} | {fmt(shortcut)} | {run['total_seconds'] / 60:.0f} |")
+            f"{interval(test, 'f1_macro')} | {fmt(shortcut)} | {run['total_seconds'] / 60:.0f} | "
+            f"{run['date']} ({run['commit']}) |")
     return lines
 
 
@@ -310,7 +314,7 @@ def drifting(properties: dict, most: int = 3) -> str:
 def recall_cell(recall: dict) -> str:
     if recall["val"] is None or recall["test"] is None:
         return "n/a"
-    return f"{recall['val']:.2f} to {recall['test']:.2f} ({-recall['drop']:+.2f})"
+    return f"{recall['val']:.2f} to {recall['test']:.2f} ({recall['test'] - recall['val']:+.2f})"
 
 
 def shift_table(shift: dict) -> list[str]:
@@ -332,6 +336,37 @@ def shift_table(shift: dict) -> list[str]:
     return lines
 
 
+def shift_findings(shift: dict) -> str:
+    """The report in words: is test told apart from training (against the validation
+    reference), which classes stand out, the largest recall drop, the contact sheet."""
+    test, val = (shift["overall"][split]["domain_auc_features"] for split in ("test", "val"))
+    shifted = [name for name, row in shift["per_class"].items()
+               if row["test"]["domain_auc_features"] is not None
+               and row["test"]["domain_auc_features"]["low"] > 0.5]
+    drops = {name: row["recall"]["drop"] for name, row in shift["per_class"].items()
+             if row["recall"]["drop"] is not None}
+    words = [f"Training against test: ROC-AUC {test['auc']:.2f}; against validation, the "
+             f"reference: {val['auc']:.2f}. Classes whose test images a classifier tells from "
+             f"their training images (lower bound above 0.5): "
+             f"{', '.join(shifted) if shifted else 'none'}."]
+    if drops and max(drops.values()) >= 0.01:  # a drop worth naming
+        worst = max(drops, key=drops.get)
+        row = shift["per_class"][worst]
+        words.append(f"The largest recall drop, {row['recall']['val']:.2f} to "
+                     f"{row['recall']['test']:.2f}, is {worst}'s; its test images lie a median "
+                     f"{row['test']['nearest_training']['median']:.1f} from the nearest "
+                     f"training image of their class (validation: "
+                     f"{row['val']['nearest_training']['median']:.1f}).")
+    unlike = [row["class"] for row in shift["most_unlike"]]
+    if unlike:
+        common = max(set(unlike), key=unlike.count)
+        wrong = sum(row["predicted"] != row["class"] for row in shift["most_unlike"])
+        words.append(f"Of the {len(unlike)} test images most unlike their class's training "
+                     f"images, {unlike.count(common)} are {common}, and {wrong} "
+                     f"{'is' if wrong == 1 else 'are'} misclassified.")
+    return " ".join(words)
+
+
 def shift_markdown(root: Path) -> str:
     """Each real run's shift report: where its test images differ from its training
     images, class by class, beside each class's recall drop."""
@@ -342,8 +377,8 @@ def shift_markdown(root: Path) -> str:
     for name, run in runs.items():
         lines += [f"**{name}** ({run['date']}, commit {run['commit']}; contact sheet of its "
                   f"test images most unlike their class's training images: "
-                  f"[shift-{name}.png](images/shift-{name}.png)):", "",
-                  *shift_table(run["shift"]), ""]
+                  f"[shift-{name}.jpg](images/shift-{name}.jpg)):", "",
+                  *shift_table(run["shift"]), "", shift_findings(run["shift"]), ""]
     return "\n".join(lines).rstrip()
 
 

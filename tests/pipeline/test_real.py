@@ -109,3 +109,28 @@ def test_a_run_writes_its_results_file(tmp_path) -> None:
     patient = split["path"].str.split("/").str[1]
     assert (split.groupby(patient)["split"].nunique() == 1).all()  # no patient in two splits
     assert set(split["split"]) == {"train", "val", "test"}
+
+
+def test_the_shift_findings_name_the_shifted_classes_and_the_largest_recall_drop() -> None:
+    def auc(value: float, low: float) -> dict:
+        return {"auc": value, "low": low, "high": value + 0.05, "n": [10, 10]}
+
+    def side(value: float, low: float, nearest: float) -> dict:
+        return {"domain_auc_features": auc(value, low), "nearest_training": {"median": nearest}}
+
+    shift = {"overall": {"test": side(0.9, 0.85, 20.0), "val": side(0.5, 0.45, 10.0)},
+             "per_class": {
+                 "glioma": {"test": side(0.95, 0.9, 30.0), "val": side(0.5, 0.4, 12.0),
+                            "recall": {"val": 0.9, "test": 0.3, "drop": 0.6}},
+                 "none": {"test": side(0.5, 0.4, 11.0), "val": side(0.5, 0.4, 11.0),
+                          "recall": {"val": 0.9, "test": 0.9, "drop": 0.0}}},
+             "most_unlike": [{"class": "glioma", "predicted": "none"},
+                             {"class": "glioma", "predicted": "glioma"},
+                             {"class": "none", "predicted": "none"}]}
+    assert driver.shift_findings(shift) == (
+        "Training against test: ROC-AUC 0.90; against validation, the reference: 0.50. "
+        "Classes whose test images a classifier tells from their training images (lower "
+        "bound above 0.5): glioma. The largest recall drop, 0.90 to 0.30, is glioma's; its "
+        "test images lie a median 30.0 from the nearest training image of their class "
+        "(validation: 12.0). Of the 3 test images most unlike their class's training images, "
+        "2 are glioma, and 1 is misclassified.")
