@@ -157,7 +157,9 @@ def test_headline_metrics_are_the_report_figures_rounded(fresh_clone: Path) -> N
                                      for kind in ("image_statistics", "size_only")), 4)
     ood = metrics["ood"]["sets"]
     expected.update(ood_flagged=round(1 - ood["everyday"]["accepted"], 4),
-                    ood_test=round(ood["test"]["accepted"], 4))
+                    ood_test=round(ood["test"]["accepted"], 4),
+                    shift_auc=read("metrics/report/shift.json")["overall"]["test"][
+                        "domain_auc_features"]["auc"])
     assert read("metrics/evaluate.json") == expected
     dedup, split = read("metrics/report/dedup.json"), read("metrics/report/split.json")
     assert read("metrics/dedup.json") == {"found": dedup["found"], "kept": dedup["kept"]}
