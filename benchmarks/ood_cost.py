@@ -33,7 +33,7 @@ from medimg.docs import results_file
 from medimg.evaluation.ood_fitting import fitting_set
 from medimg.inference import Classifier, OnnxBackend, in_batches
 from medimg.io import write_json
-from medimg.params import load_params
+from medimg.params import Params, load_params
 from medimg.serving.predictor import load_predictor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,15 +44,13 @@ GOAL_DROP = 0.05  # issue 27: the service's throughput drops by at most this sha
 
 
 def before_predict(before: Classifier, train: np.ndarray, labels: np.ndarray,
-                   seed: int) -> Callable[[np.ndarray], list]:
+                   params: Params) -> Callable[[np.ndarray], list]:
     """The service's model call before issue 27: probabilities, pre-logit features, and the
     Gaussian detector's score and flag."""
-    params = load_params(REPO / "params.yaml")
-
     def features(images: np.ndarray) -> np.ndarray:
         return before.predict_with_features(images, BATCH)[1]
 
-    fitting = fitting_set(features, before.config, train, params.ood, seed)
+    fitting = fitting_set(features, before.config, train, params.ood, params.seed)
     score, threshold = gaussians_as_shipped(fitting.inside[:len(train)], labels,
                                             fitting.outside,
                                             features(np.load(PREPARED / "val.npy")))
@@ -85,7 +83,7 @@ def main() -> None:
     before = Classifier(OnnxBackend(args.before), now.config)
     train = np.load(PREPARED / "train.npy")
     labels = pd.read_csv(PREPARED / "train.csv")["label"].to_numpy()
-    old = before_predict(before, train, labels, params.seed)
+    old = before_predict(before, train, labels, params)
     test = np.load(PREPARED / "test.npy")
     batches = [batch for batch in in_batches(np.resize(test, (BATCH * args.batches,
                                                               *test.shape[1:])), BATCH)]

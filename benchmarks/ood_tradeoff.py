@@ -44,14 +44,12 @@ from medimg.data.prepared import resize_square
 from medimg.devices import reproducible_cpu
 from medimg.docs import results_file
 from medimg.evaluation.ood import fit_detector, float64_tensor, left_out_scores
-from medimg.evaluation.ood_figures import ood_headline
+from medimg.evaluation.ood_figures import CURVE_POINTS, ood_headline
 from medimg.evaluation.ood_fitting import FittingSet, fitting_set
 from medimg.evaluation.references import (
     everyday,
-    external_mri,
     model_inputs,
     other_modalities,
-    outlier_exposure,
     source_file,
 )
 from medimg.evaluation.scores import acceptance_curve, ood_acceptance, ood_auroc
@@ -158,10 +156,10 @@ def gaussians_as_shipped(train: np.ndarray, labels: np.ndarray, outliers: np.nda
 
 
 def tuned(fitting: FittingSet, val: np.ndarray) -> dict:
-    """The penalty and threshold that leaving one packaged source out favours, and the
-    left-out figures at every candidate."""
+    """The penalty and threshold that leaving one packaged source out favours, with their
+    left-out figures."""
     sources = fitting.packaged_sources()
-    best, table = None, []
+    best = None
     for penalty in PENALTIES:
         scores = left_out_scores(fitting.inside, fitting.outside, val, sources, penalty, 0.0)
         for threshold in THRESHOLDS:
@@ -172,10 +170,10 @@ def tuned(fitting: FittingSet, val: np.ndarray) -> dict:
             row = {"penalty": penalty, "threshold": threshold,
                    "left_out_mri_accepted": round(float(inside), 4),
                    "left_out_outliers_flagged": round(float(outside), 4)}
-            table.append(row)
             if best is None or min(inside, outside) > best[0]:
                 best = (min(inside, outside), row)
-    return {**best[1], "sources": sorted(sources), "candidates": len(table)}
+    return {**best[1], "sources": sorted(sources),
+            "candidates": len(PENALTIES) * len(THRESHOLDS)}
 
 
 def pooled(scores: dict[str, np.ndarray], threshold: float) -> dict:
@@ -214,7 +212,7 @@ def held_out(score: Callable[[np.ndarray], np.ndarray], threshold: float,
              sets: dict[str, np.ndarray]) -> dict:
     scores = {name: score(features) for name, features in sets.items()}
     inside = np.concatenate([scores[n] for k in ("mri", "histology") for n in KINDS[k]])
-    curve = acceptance_curve(scores, 41)
+    curve = acceptance_curve(scores, CURVE_POINTS)
     return {"threshold": threshold, "sources": ood_acceptance(scores, threshold),
             "goals": pooled(scores, threshold),
             "auroc_everyday_vs_real": ood_auroc(inside, scores["everyday"]),
@@ -240,15 +238,19 @@ def machine() -> dict:
             "timm": timm.__version__}
 
 
-def packaged_sets(config: ModelConfig) -> dict[str, np.ndarray]:
-    """The packaged held-out sets, as the model's inputs, after checking that none of their
-    files is among the fitting set's."""
+def packaged_sets(config: ModelConfig) -> tuple[dict[str, np.ndarray], set[str]]:
+    """The packaged held-out sets, as the model's inputs, and the package files they come
+    from."""
     found = {"everyday": everyday(), "other_modalities": other_modalities()}
-    fitted = {source_file(name) for name in (*external_mri(), *outlier_exposure(600, 0))}
-    shared = fitted & {source_file(name) for images in found.values() for name in images}
+    files = {source_file(name) for images in found.values() for name in images}
+    return {name: model_inputs(images, config) for name, images in found.items()}, files
+
+
+def check_held_out(fitting: FittingSet, files: set[str]) -> None:
+    """Stop when a held-out package file is also fitted on."""
+    shared = files & {*fitting.inside_sources, *fitting.outside_sources}
     if shared:
-        sys.exit(f"held-out files are also fitted on: {sorted(shared)}")
-    return {name: model_inputs(images, config) for name, images in found.items()}
+        sys.exit(f"held-out files are also fitted on: {', '.join(sorted(map(str, shared)))}")
 
 
 def measure(classifier: Classifier, params: Params, real: dict[str, np.ndarray]) -> dict:
@@ -256,13 +258,15 @@ def measure(classifier: Classifier, params: Params, real: dict[str, np.ndarray])
     settings, config = params.ood, classifier.config
     train = np.load(PREPARED / "train.npy")
     labels = pd.read_csv(PREPARED / "train.csv")["label"].to_numpy()
-    images = {"test": np.load(PREPARED / "test.npy"), **real, **packaged_sets(config)}
+    packaged, packaged_files = packaged_sets(config)
+    images = {"test": np.load(PREPARED / "test.npy"), **real, **packaged}
     extractors = {"stage": lambda pixels: classifier.predict_with_features(
                       pixels, settings.batch_size)[1],
                   "prelogit": prelogits(classifier, settings.batch_size)}
     results = {}
     for kind, extract in extractors.items():
         fitting = fitting_set(extract, config, train, settings, params.seed)
+        check_held_out(fitting, packaged_files)
         val = extract(np.load(PREPARED / "val.npy"))
         sets = {name: extract(pixels) for name, pixels in images.items()}
         knobs = tuned(fitting, val)

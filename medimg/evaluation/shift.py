@@ -131,8 +131,9 @@ def domain_auc(first: np.ndarray, second: np.ndarray, groups: np.ndarray, folds:
     if min(len(first), len(second)) < MIN_SIDE:
         return None
     features = np.concatenate([first, second]).astype(np.float64)
+    spread = features.std(axis=0)
     features = np.nan_to_num((features - features.mean(axis=0))
-                             / np.where(features.std(axis=0) > 0, features.std(axis=0), 1.0))
+                             / np.where(spread > 0, spread, 1.0))
     labels = np.r_[np.zeros(len(first)), np.ones(len(second))]
     splits = min(folds, len(first), len(second))
     scores = np.zeros(len(labels))
@@ -199,6 +200,8 @@ class ShiftReport:
         self.properties = {split: image_properties(parts[split], arrays[split], raw_dir)
                            for split in parts}
         self.labels = {split: part["label"].to_numpy() for split, part in parts.items()}
+        self.matrices = {split: property_matrix(found) for split, found in
+                         self.properties.items()}
         self.nearest = {split: nearest_training(features["train"], self.labels["train"],
                                                 features[split], self.labels[split])
                         for split in ("val", "test")}
@@ -223,10 +226,9 @@ class ShiftReport:
             return domain_auc(values["train"][mine], values[other][theirs], groups,
                               self.settings.folds, self.settings.resamples, self.seed)
 
-        matrices = {split: property_matrix(found) for split, found in self.properties.items()}
         return {"n": [int(mine.sum()), int(theirs.sum())],
                 "domain_auc_features": classifier(self.features),
-                "domain_auc_properties": classifier(matrices),
+                "domain_auc_properties": classifier(self.matrices),
                 "nearest_training": quantiles(self.nearest[other][theirs]),
                 "properties": props}
 

@@ -166,11 +166,16 @@ def test_a_changed_param_value_makes_the_parameter_reference_out_of_date(tmp_pat
     assert check("reference_docs", tmp_path).returncode == 0
 
 
-def test_the_results_check_names_the_out_of_date_file(tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture) -> None:
-    copy_into(tmp_path, "README.md", "docs", "benchmarks/README.md", "benchmarks/results",
+def copy_results(root: Path) -> None:
+    """The documents and every file their results sections are generated from."""
+    copy_into(root, "README.md", "docs", "benchmarks/README.md", "benchmarks/results",
               "params.yaml", "metrics/dedup.json", "metrics/split.json",
               "metrics/train.json", "metrics/evaluate.json")
+
+
+def test_the_results_check_names_the_out_of_date_file(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    copy_results(tmp_path)
     study = tmp_path / "docs/real-data.md"
     study.write_text(study.read_text().replace("| a_original |", "| a_renamed |", 1))
     status, printed = check_results(tmp_path, capsys)
@@ -180,9 +185,7 @@ def test_the_results_check_names_the_out_of_date_file(tmp_path: Path,
 
 def test_the_results_check_names_a_missing_marker(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
-    copy_into(tmp_path, "README.md", "docs", "benchmarks/README.md", "benchmarks/results",
-              "params.yaml", "metrics/dedup.json", "metrics/split.json",
-              "metrics/train.json", "metrics/evaluate.json")
+    copy_results(tmp_path)
     benchmarks = tmp_path / "benchmarks/README.md"
     benchmarks.write_text(benchmarks.read_text().replace("<!-- dvc-benchmark:end -->", ""))
     status, printed = check_results(tmp_path, capsys)
