@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -130,10 +131,17 @@ def wait_ready(client: httpx.Client) -> dict:
     return answer.json()
 
 
+@dataclass(frozen=True)
+class Served:
+    url: str
+    process: subprocess.Popen
+
+
 @contextmanager
-def serve_py(model_dir: Path, log: Path, *options: str) -> Iterator[str]:
+def serve_py(model_dir: Path, log: Path, *options: str) -> Iterator[Served]:
     """`medimg serve` in a process of its own on a free loopback port, until /readyz
-    says ready; yields its URL, and stops it afterwards. Its output goes to `log`."""
+    says ready; yields its URL and process, and stops it afterwards. Its output goes to
+    `log`."""
     port = free_port()
     command = [sys.executable, "-m", "medimg", "serve", "--model", str(model_dir),
                "--port", str(port), *options]
@@ -148,7 +156,7 @@ def serve_py(model_dir: Path, log: Path, *options: str) -> Iterator[str]:
             if time.monotonic() > deadline:
                 pytest.fail(f"serve.py not ready after {READY_TIMEOUT_S} s:\n{log.read_text()}")
             time.sleep(0.2)
-        yield url
+        yield Served(url, server)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -123,6 +123,10 @@ class DynamicBatcher:
         return batch
 
     async def _run(self, batch: list[_Waiting]) -> None:
+        # A caller that went away (timed out, disconnected) costs no model time.
+        batch = [waiting for waiting in batch if not waiting.answer.done()]
+        if not batch:
+            return
         images = np.concatenate([waiting.images for waiting in batch])
         self.on_batch(len(images))
         try:
@@ -136,7 +140,7 @@ class DynamicBatcher:
         start = 0
         for waiting in batch:
             end = start + len(waiting.images)
-            if not waiting.answer.done():  # done: the caller went away (cancelled)
+            if not waiting.answer.done():  # the caller went away while the model ran
                 waiting.answer.set_result(answers[start:end])
             start = end
 

@@ -4,6 +4,8 @@ uvicorn).
     medimg serve [--model models] [--host 127.0.0.1] [--port 8000]
                  [--backend onnx|torch] [--max-batch 32] [--max-wait-ms 2]
                  [--max-files 32] [--max-file-mb 20] [--max-request-mb 100]
+                 [--max-in-flight 64] [--request-timeout-s 30] [--graceful-timeout-s 30]
+                 [--loop auto|asyncio|uvloop] [--http auto|h11|httptools]
 
 Then open http://127.0.0.1:8000/ for the page, /docs for the API, or
     curl -F file=@scan.png -F file=@slide.jpg 'http://127.0.0.1:8000/predict?gradcam=true'
@@ -11,7 +13,10 @@ Then open http://127.0.0.1:8000/ for the page, /docs for the API, or
 /metrics is for Prometheus. It listens on the loopback interface only unless --host says
 otherwise (e.g. --host 0.0.0.0 in a container). Concurrent requests are batched into one
 model call of up to --max-batch images, waiting at most --max-wait-ms for more;
---max-batch 1 turns the batching off.
+--max-batch 1 turns the batching off. Past --max-in-flight requests at once, or after
+--request-timeout-s, /predict answers 503 with Retry-After. On SIGTERM or Ctrl+C it stops
+accepting connections and finishes the requests it has accepted (for up to
+--graceful-timeout-s) before it exits.
 """
 
 import argparse
@@ -44,6 +49,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="files per request")
     parser.add_argument("--max-file-mb", type=float, default=Settings.max_file_mb)
     parser.add_argument("--max-request-mb", type=float, default=Settings.max_request_mb)
+    parser.add_argument("--max-in-flight", type=int, default=Settings.max_in_flight,
+                        help="/predict requests at once; past it 503 with Retry-After")
+    parser.add_argument("--request-timeout-s", type=float, default=Settings.request_timeout_s,
+                        help="a /predict request not answered by then gets 503")
+    parser.add_argument("--graceful-timeout-s", type=float, default=30.0,
+                        help="on shutdown, how long accepted requests may take to finish")
+    parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
+                        help="uvicorn's event loop (auto: uvloop when installed)")
+    parser.add_argument("--http", choices=["auto", "h11", "httptools"], default="auto",
+                        help="uvicorn's HTTP parser (auto: httptools when installed)")
     return parser.parse_args(argv)
 
 
@@ -60,11 +75,14 @@ def start_with_one_malloc_arena(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.max_batch < 1:
-        raise UserError(f"--max-batch must be at least 1, not {args.max_batch}")
+    for option in ("max_batch", "max_in_flight"):
+        if getattr(args, option) < 1:
+            raise UserError(f"--{option.replace('_', '-')} must be at least 1, "
+                            f"not {getattr(args, option)}")
     settings = Settings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                         max_files=args.max_files, max_file_mb=args.max_file_mb,
-                        max_request_mb=args.max_request_mb)
+                        max_request_mb=args.max_request_mb, max_in_flight=args.max_in_flight,
+                        request_timeout_s=args.request_timeout_s)
     # The detector's matrix products are small: BLAS threads would only spin against ONNX
     # Runtime's. Objects alive now (the model) live as long as the server: keeping them
     # out of the garbage collector's passes avoids pauses that stall a whole batch.
@@ -74,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(load_predictor(args.model, args.backend, memory_arena=False), settings)
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=args.host, port=args.port)
+    uvicorn.run(app, host=args.host, port=args.port, loop=args.loop, http=args.http,
+                timeout_graceful_shutdown=args.graceful_timeout_s)
 
 
 def run(argv: list[str]) -> None:

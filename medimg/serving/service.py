@@ -9,13 +9,16 @@ static/). Every response names the model in X-Model-* headers; /predict and /rea
 carry the model's identity in the body.
 
 Uploads never touch the disk and stop at their size limits (medimg.serving.uploads).
+Overload is answered, not queued without end: past `max_in_flight` requests at once,
+/predict answers 503 with Retry-After at once, before reading the body; a request that
+has not been answered after `request_timeout_s` gets the same 503 and its images leave
+the batch queue. /healthz, /readyz and /metrics are never refused.
 """
 
 import asyncio
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medimg.errors import UserError
 from medimg.serving.batching import Arrival, DynamicBatcher
@@ -48,6 +52,11 @@ class Settings(UploadLimits):
     """Limits and batching of the service; serve.py's command-line defaults."""
     max_batch: int = 32  # images per model call; 1 = no dynamic batching
     max_wait_ms: float = 2.0  # how long a batch waits for more requests after its first
+    max_in_flight: int = 64  # /predict requests at once; the next one gets 503
+    request_timeout_s: float = 30.0  # a /predict request not answered by then gets 503
+
+
+RETRY_AFTER_S = 1  # what a refused client is told to wait before it tries again
 
 
 class FileResult(BaseModel):
@@ -73,7 +82,8 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 }}}}}
 ERRORS = {400: {"description": "no file, too many files or a malformed body"},
           413: {"description": "a file or the request is over its size limit"},
-          503: {"description": "the model is still warming up"}}
+          503: {"description": "the model is still warming up, the server is full "
+                                "(Retry-After) or the request timed out (Retry-After)"}}
 
 
 class Metrics:
@@ -125,6 +135,7 @@ class Service:
         self.batcher = DynamicBatcher(predictor.predict, settings.max_batch,
                                       settings.max_wait_ms / 1000, self.metrics.batch_size.observe)
         self.status = "warming up"
+        self.in_flight = 0  # /predict requests being answered
 
     @property
     def ready(self) -> bool:
@@ -142,6 +153,10 @@ class Service:
             self.status = f"warm-up failed: {err}"
             return
         self.status = "ready"
+
+    def busy(self, reason: str) -> HTTPException:
+        """503 with Retry-After: the client may try again shortly."""
+        return HTTPException(503, reason, headers={"Retry-After": str(RETRY_AFTER_S)})
 
     def decode(self, uploads: list[Upload]) -> list[Frame]:
         return [frame for upload in uploads
@@ -192,25 +207,41 @@ def create_app(predictor: Predictor, settings: Settings | None = None) -> FastAP
     app = FastAPI(title="medimg classifier", lifespan=lifespan,
                   description="Brain MRI vs breast histopathology; see /docs for the API.")
     app.state.service = service
-    add_observer(app, service)
+    app.add_middleware(Observer, service=service)
     add_routes(app, service)
     app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
     return app
 
 
-def add_observer(app: FastAPI, service: Service) -> None:
-    headers = identity_headers(service.predictor.identity)
+class Observer:
+    """Plain ASGI middleware (no per-request Request/Response objects around the app):
+    each response counted and timed in the metrics, by the route's template, and stamped
+    with the model's identity headers."""
 
-    @app.middleware("http")
-    async def observe(request: Request,
-                      call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        # The route's template, not the raw path: unknown paths must not make new series.
-        endpoint = getattr(request.scope.get("route"), "path", "other")
-        service.metrics.observe(endpoint, response.status_code, time.perf_counter() - started)
-        response.headers.update(headers)
-        return response
+    def __init__(self, app: ASGIApp, service: Service) -> None:
+        self.app, self.metrics = app, service.metrics
+        self.headers = [(name.lower().encode(), value.encode())
+                        for name, value in identity_headers(service.predictor.identity).items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def stamped(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), *self.headers]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, stamped)
+        finally:
+            # The route's template, not the raw path: unknown paths must not make new series.
+            endpoint = getattr(scope.get("route"), "path", "other")
+            self.metrics.observe(endpoint, status, time.perf_counter() - started)
 
 
 def add_routes(app: FastAPI, service: Service) -> None:
@@ -222,17 +253,26 @@ def add_routes(app: FastAPI, service: Service) -> None:
         """Classify the images of the multipart field `file`, one result per file/frame."""
         if not service.ready:
             raise HTTPException(503, "the model is not ready yet; poll /readyz")
+        if service.in_flight >= service.settings.max_in_flight:
+            raise service.busy(f"the server is full ({service.settings.max_in_flight} "
+                               "requests in flight); try again shortly")
+        service.in_flight += 1
         arrival = service.batcher.arrival()  # a batch may wait for this request's images
         try:
-            uploads = await read_uploads(request, service.settings)
-            results = await service.classify(uploads, gradcam, arrival)
+            async with asyncio.timeout(service.settings.request_timeout_s):
+                uploads = await read_uploads(request, service.settings)
+                results = await service.classify(uploads, gradcam, arrival)
         except HTTPException:
             raise
+        except TimeoutError as err:
+            raise service.busy(f"not answered within {service.settings.request_timeout_s:g} "
+                               "s; try again shortly") from err
         except Exception as err:  # e.g. the model call failed: this request, not the server
             log.exception("predict failed")
             raise HTTPException(500, f"could not classify: {err}") from err
         finally:
             arrival.close()
+            service.in_flight -= 1
         return Predictions(model=identity, results=results)
 
     @app.get("/healthz")

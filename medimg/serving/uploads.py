@@ -33,7 +33,7 @@ class Upload:
 class UploadCollector:
     """The files of the field `file` of a multipart body, kept in memory as it is fed."""
 
-    def __init__(self, boundary: bytes, settings: UploadLimits) -> None:
+    def __init__(self, settings: UploadLimits) -> None:
         self.settings = settings
         self.files: list[Upload] = []
         self._header, self._value, self._disposition = b"", b"", b""
@@ -41,7 +41,12 @@ class UploadCollector:
         self._chunks: list[bytes] = []
         self._size = 0
         self.complete = False  # the closing boundary was seen
-        self.parser = MultipartParser(boundary, {
+
+    def parser(self, boundary: bytes) -> MultipartParser:
+        """A parser that feeds this collector. The collector keeps no reference to it:
+        that cycle would hold the uploaded files until the garbage collector's next full
+        pass, long after the answer."""
+        return MultipartParser(boundary, {
             "on_part_begin": self._begin, "on_header_field": self._header_field,
             "on_header_value": self._header_value, "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished, "on_part_data": self._data,
@@ -99,14 +104,15 @@ async def read_uploads(request: Request, settings: UploadLimits) -> list[Upload]
     content_type, options = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data" or b"boundary" not in options:
         raise HTTPException(400, f"send the images as multipart/form-data in the field '{FIELD}'")
-    collector, received = UploadCollector(options[b"boundary"], settings), 0
+    collector, received = UploadCollector(settings), 0
+    parser = collector.parser(options[b"boundary"])
     try:
         async for chunk in request.stream():
             received += len(chunk)
             if received > limit:  # a chunked body has no Content-Length to check first
                 raise too_large
-            collector.parser.write(chunk)
-        collector.parser.finalize()
+            parser.write(chunk)
+        parser.finalize()
     except FormParserError as err:
         raise HTTPException(400, f"malformed multipart body: {err}") from err
     if not collector.complete:

@@ -41,8 +41,8 @@ def model_dir(tiny_model, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("server") / "serve.log"
-    with serve_py(model_dir, log, "--backend", "torch", "--max-files", str(MAX_FILES)) as url:
-        yield url
+    with serve_py(model_dir, log, "--backend", "torch", "--max-files", str(MAX_FILES)) as served:
+        yield served.url
 
 
 @pytest.fixture(scope="module")

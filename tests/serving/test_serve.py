@@ -330,7 +330,8 @@ def test_docs_and_the_page_are_served(client) -> None:
 
 def test_serve_py_answers_over_loopback(model_dir, tmp_path) -> None:
     with serve_py(model_dir, tmp_path / "serve.log", "--backend", "torch",
-                  "--max-batch", "4") as url, httpx.Client(base_url=url, timeout=10) as http:
+                  "--max-batch", "4") as served, httpx.Client(base_url=served.url,
+                                                               timeout=10) as http:
         identity = wait_ready(http)["model"]
         answer = http.post("/predict", files=uploads(("r.png", png(picture(71, True)))))
         assert answer.status_code == 200, answer.text
