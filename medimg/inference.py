@@ -116,13 +116,19 @@ class OnnxBackend:
 
     device = CPU
 
-    def __init__(self, path: Path, memory_arena: bool = True) -> None:
+    def __init__(self, path: Path, serving: bool = False, threads: int = 0) -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        # ONNX Runtime's arena keeps what each batch shape needed: fastest for a few fixed
-        # batch sizes, but a server that sees every size keeps growing (off for serving).
-        options.enable_cpu_mem_arena = memory_arena
+        options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, one per core
+        if serving:
+            # The arena keeps what each batch shape needed: fastest for a few fixed batch
+            # sizes, but a server that sees every size keeps growing. Threads that spin
+            # between calls take the cores the server's decoding and event loop need:
+            # without spinning, `medimg serve` used 25-30% less CPU per request
+            # (benchmarks/serve_benchmark.py).
+            options.enable_cpu_mem_arena = False
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(path), options,
                                                     providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
@@ -195,15 +201,16 @@ class Ensemble:
 
 
 def load_classifier(model_dir: Path, backend: str = "torch", device: torch.device = CPU,
-                    onnx_file: str = ONNX_NAME, memory_arena: bool = True) -> Classifier | Ensemble:
+                    onnx_file: str = ONNX_NAME, serving: bool = False,
+                    threads: int = 0) -> Classifier | Ensemble:
     """The checkpoint in `model_dir` (model.safetensors + model.json) on `device`, or its
-    ONNX export (`onnx_file`, relative to `model_dir`) in ONNX Runtime (with or without
-    its memory arena); an Ensemble when `model_dir` holds ensemble.json and a folder per
-    member."""
+    ONNX export (`onnx_file`, relative to `model_dir`) in ONNX Runtime (set up for a
+    server when `serving`, on `threads` threads per call, 0 for one per core); an Ensemble
+    when `model_dir` holds ensemble.json and a folder per member."""
     if (model_dir / ENSEMBLE_NAME).is_file():
         spec = read_json(model_dir / ENSEMBLE_NAME)
         return Ensemble([load_classifier(model_dir / name, backend, device, onnx_file,
-                                         memory_arena) for name in spec["members"]],
+                                         serving, threads) for name in spec["members"]],
                         spec["tta"])
     if backend == "torch":
         model, config = load_checkpoint(model_dir)
@@ -213,7 +220,7 @@ def load_classifier(model_dir: Path, backend: str = "torch", device: torch.devic
     if not (model_dir / onnx_file).is_file():
         raise ModelError(f"--backend onnx: {model_dir / onnx_file} not found; run the export "
                          "stage (dvc repro export)")
-    return Classifier(OnnxBackend(model_dir / onnx_file, memory_arena),
+    return Classifier(OnnxBackend(model_dir / onnx_file, serving, threads),
                       ModelConfig.load(model_dir))
 
 

@@ -1,11 +1,15 @@
 """Dynamic batching: the images of requests that arrive together go through one model call.
 
-Each request puts its images on a queue with a future for its answer. One worker task
+Each request puts its images on a queue with a future for its answer. One collector task
 takes the first waiting request, keeps collecting until it holds `max_batch` images or
 `max_wait_s` has passed since it started the batch, runs the model on all of them in a
 worker thread (the event loop keeps accepting requests meanwhile, and they queue up for
-the next batch) and hands each request back its own slice of the answers. A failed model
-call fails only the requests of its batch. `max_batch` 1 is one model call per image.
+the next batch) and hands each request back its own slice of the answers. Up to `calls`
+model calls run at once: while one runs, the next batch can go to the model as soon as it
+is full instead of waiting for it (on a CPU, two calls on one thread each kept both cores
+busy where one call on two threads left them idle a quarter of the time:
+benchmarks/serve_benchmark.py). A failed model call fails only the requests of its batch.
+`max_batch` 1 is one model call per image.
 
 A batch waits only while more images are on their way: a request announces itself
 (`arrival`) when it starts reading and decoding its files, so a lone request goes
@@ -43,14 +47,18 @@ class Arrival:
 class DynamicBatcher:
     """Groups concurrent `predict` calls into calls of `model` (uint8 N x S x S x 3 images
     to one answer per image) of at most `max_batch` images; `on_batch(size)` sees the size
-    of every model call (for metrics)."""
+    of every model call (for metrics); at most `calls` model calls run at once."""
 
     def __init__(self, model: Callable[[np.ndarray], list[Any]], max_batch: int,
-                 max_wait_s: float, on_batch: Callable[[int], None] | None = None) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+                 max_wait_s: float, on_batch: Callable[[int], None] | None = None,
+                 calls: int = 1) -> None:
+        for name, value in (("max_batch", max_batch), ("calls", calls)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, not {value}")
         self.model, self.max_batch, self.max_wait_s = model, max_batch, max_wait_s
         self.on_batch = on_batch or (lambda size: None)
+        self.calls = calls
+        self._running: set[asyncio.Task] = set()  # model calls under way
         self._queue: asyncio.Queue[_Waiting] | None = None
         self._carried: _Waiting | None = None  # did not fit in the last batch: opens the next
         self._worker: asyncio.Task | None = None
@@ -68,10 +76,12 @@ class DynamicBatcher:
         self._worker = asyncio.create_task(self._serve(), name="dynamic-batcher")
 
     async def stop(self) -> None:
-        """Stop the worker; requests still waiting fail instead of hanging."""
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
+        """Stop the worker and its model calls; requests still waiting fail instead of
+        hanging."""
+        tasks = [task for task in (self._worker, *self._running) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         waiting = [self._carried] if self._carried else []
         while self._queue is not None and not self._queue.empty():
             waiting.append(self._queue.get_nowait())
@@ -93,8 +103,12 @@ class DynamicBatcher:
         return [answer for part_answers in answers for answer in part_answers]
 
     async def _serve(self) -> None:
+        free = asyncio.Semaphore(self.calls)
         while True:
-            await self._run(await self._collect())
+            await free.acquire()  # collect the next batch only once a call can take it
+            call = asyncio.create_task(self._run(await self._collect()))
+            self._running.add(call)
+            call.add_done_callback(lambda done: (self._running.discard(done), free.release()))
 
     async def _collect(self) -> list[_Waiting]:
         assert self._queue is not None
@@ -137,6 +151,9 @@ class DynamicBatcher:
         except Exception as err:  # one bad batch must not stop the worker
             _fail(batch, err)
             return
+        except asyncio.CancelledError:  # stop(): the thread finishes, but nobody waits
+            _fail(batch, RuntimeError("the server is shutting down"))
+            raise
         start = 0
         for waiting in batch:
             end = start + len(waiting.images)

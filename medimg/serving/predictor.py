@@ -115,15 +115,16 @@ class Predictor:
                                self.config.std)
 
 
-def load_predictor(model_dir: Path, backend: str = "onnx",
-                   memory_arena: bool = True) -> Predictor:
+def load_predictor(model_dir: Path, backend: str = "onnx", serving: bool = False,
+                   threads: int = 0) -> Predictor:
     """The model in `model_dir` (a checkpoint folder or an ensemble folder) behind
-    `backend` (onnx or torch; ONNX Runtime with or without its memory arena), with its
-    out-of-distribution detector when it has one."""
+    `backend` (onnx or torch; ONNX Runtime set up for a server when `serving`, on
+    `threads` threads per call, 0 for one per core), with its out-of-distribution detector
+    when it has one."""
     if not any((model_dir / name).is_file() for name in (CONFIG_NAME, ENSEMBLE_NAME)):
         raise ModelError(f"--model {model_dir}: no {CONFIG_NAME} (or {ENSEMBLE_NAME}) there; "
                          "train one with dvc repro, or point --model at a model folder")
-    classifier = load_classifier(model_dir, backend, memory_arena=memory_arena)
+    classifier = load_classifier(model_dir, backend, serving=serving, threads=threads)
     detector = None if isinstance(classifier, Ensemble) else OodDetector.load(model_dir)
     return Predictor(model_dir, classifier, detector,
                      model_identity(model_dir, backend, classifier.config))

@@ -52,6 +52,7 @@ class Settings(UploadLimits):
     """Limits and batching of the service; serve.py's command-line defaults."""
     max_batch: int = 32  # images per model call; 1 = no dynamic batching
     max_wait_ms: float = 2.0  # how long a batch waits for more requests after its first
+    model_calls: int = 2  # model calls at once
     max_in_flight: int = 64  # /predict requests at once; the next one gets 503
     request_timeout_s: float = 30.0  # a /predict request not answered by then gets 503
 
@@ -133,7 +134,8 @@ class Service:
         self.predictor, self.settings = predictor, settings
         self.metrics = Metrics(predictor.identity)
         self.batcher = DynamicBatcher(predictor.predict, settings.max_batch,
-                                      settings.max_wait_ms / 1000, self.metrics.batch_size.observe)
+                                      settings.max_wait_ms / 1000, self.metrics.batch_size.observe,
+                                      settings.model_calls)
         self.status = "warming up"
         self.in_flight = 0  # /predict requests being answered
 

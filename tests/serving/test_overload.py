@@ -123,7 +123,7 @@ async def post_after_warm_up(app, files: list[bytes]) -> list[httpx.Response]:
 def test_a_request_not_answered_in_time_gets_503_and_its_images_leave_the_queue(
         model_dir) -> None:
     model = SlowModel(load_predictor(model_dir, "torch"), 1.0)
-    app = create_app(model, Settings(max_batch=1, request_timeout_s=0.5))
+    app = create_app(model, Settings(max_batch=1, model_calls=1, request_timeout_s=0.5))
     answers = asyncio.run(post_after_warm_up(app, [png(picture(seed, True))
                                                    for seed in range(3)]))
     for answer in answers:

@@ -9,6 +9,7 @@ import os
 import shutil
 import struct
 import tempfile
+import threading
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -400,3 +401,51 @@ def test_the_batcher_keeps_serving_after_a_failed_call() -> None:
     model = Echo(fail_on=13)
     answers = asyncio.run(batched(model, [(13,), (5,), (6,)], max_batch=1))
     assert isinstance(answers[0], RuntimeError) and answers[1:] == [[5], [6]]
+
+
+class Meeting:
+    """A stand-in model whose calls return only once `count` of them are running at once
+    (or fail after `timeout` seconds)."""
+
+    def __init__(self, count: int, timeout: float = 5.0) -> None:
+        self.barrier = threading.Barrier(count, timeout=timeout)
+
+    def __call__(self, images: np.ndarray) -> list[int]:
+        self.barrier.wait()
+        return [int(image.flat[0]) for image in images]
+
+
+async def with_batcher(model, calls: int, work) -> list:
+    batcher = DynamicBatcher(model, 1, 0.0, calls=calls)
+    batcher.start()
+    try:
+        return await work(batcher)
+    finally:
+        await batcher.stop()
+
+
+def test_two_model_calls_run_at_once_when_calls_allows_two() -> None:
+    async def two(batcher: DynamicBatcher) -> list:
+        return await asyncio.gather(batcher.predict(images_of(1)), batcher.predict(images_of(2)))
+
+    assert asyncio.run(with_batcher(Meeting(2), 2, two)) == [[1], [2]]
+    with pytest.raises(threading.BrokenBarrierError):  # one at a time: they never meet
+        asyncio.run(with_batcher(Meeting(2, timeout=0.5), 1, two))
+
+
+def test_stopping_fails_the_requests_of_a_running_model_call() -> None:
+    release = threading.Event()
+
+    def model(images: np.ndarray) -> list[int]:
+        release.wait(5)
+        return [0] * len(images)
+
+    async def stopped(batcher: DynamicBatcher) -> None:
+        waiting = asyncio.create_task(batcher.predict(images_of(7)))
+        await asyncio.sleep(0.2)  # the call is running in its thread
+        await batcher.stop()
+        release.set()  # the abandoned call's thread may finish now
+        await waiting
+
+    with pytest.raises(RuntimeError, match="shutting down"):
+        asyncio.run(with_batcher(model, 2, stopped))
