@@ -3,12 +3,14 @@ process measurements, and the committed results file against itself."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,12 @@ from fastapi import FastAPI, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from benchmarks import serve_benchmark as bench
-from benchmarks.serve_benchmark import SERVE_FILE, serve_markdown, serve_table_markdown
+from benchmarks.serve_benchmark import (
+    SERVE_FILE,
+    serve_goal_lines,
+    serve_markdown,
+    serve_table_markdown,
+)
 from conftest import noise_image, save
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks/results" / SERVE_FILE
@@ -123,30 +130,100 @@ def committed() -> dict:
 
 def test_committed_goals_follow_from_the_committed_figures() -> None:
     results = committed()
-    assert bench.goals(results["batching"], results["no_batching"],
-                       results["offline"]) == results["goals"]
+    assert bench.goals(results["stacks"], results["offline"]) == results["goals"]
 
 
-def test_committed_cells_agree_with_themselves() -> None:
+def test_every_stack_was_measured_at_every_concurrency_in_one_run() -> None:
     results = committed()
-    for mode in (results["batching"], results["no_batching"]):
-        assert [cell["concurrency"] for cell in mode["cells"]] == list(bench.CONCURRENCY)
-        for cell in mode["cells"]:
+    assert [stack["name"] for stack in results["stacks"]] == [s.name for s in bench.STACKS]
+    for stack in results["stacks"]:
+        assert [cell["concurrency"] for cell in stack["cells"]] == list(bench.CONCURRENCY)
+        for cell in stack["cells"]:
+            assert len(cell["throughput_by_round"]) == results["settings"]["rounds"]
+            assert min(cell["throughput_by_round"]) <= cell["throughput"]
+            assert cell["throughput"] <= max(cell["throughput_by_round"])
             assert cell["p50_ms"] <= cell["p95_ms"] <= cell["p99_ms"]
             assert sum(cell["error_kinds"].values()) == cell["errors"]
             expected = (cell["requests"] - cell["errors"]) / cell["seconds"]
             assert cell["throughput"] == pytest.approx(expected, rel=0.01)
-    memory = results["batching"]["memory"]
+    ours = results["stacks"][0]
+    memory = ours["memory"]
     assert memory["requests"] == results["settings"]["memory_requests"]
     assert memory["rss_mb_after"] == memory["rss_mb_after_each_tenth"][-1]
     assert memory["growth_mb"] == pytest.approx(
         memory["rss_mb_after"] - memory["rss_mb_before"], abs=0.11)
 
 
-def test_the_generated_tables_show_every_cell() -> None:
+def test_the_goals_compare_ours_with_the_best_peer_and_offline() -> None:
+    def stack(name: str, rate: float) -> dict:
+        return {"name": name, "cells": [{"concurrency": 32, "throughput": rate, "errors": 0}],
+                "memory": {"errors": 0, "growth_mb": 1.0}}
+
+    stacks = [stack("medimg", 300.0), stack("medimg-no-batching", 900.0),
+              stack("bentoml", 250.0), stack("ray-serve", 100.0)]
+    goals = bench.goals(stacks, {"throughput": 400.0})
+    assert goals["share_of_offline"] == {"goal": 0.7, "value": 0.75, "met": True}
+    # Our own variants are not peers; the best peer is.
+    assert goals["ahead_of_peers"] == {"goal": "more requests/s than every peer",
+                                       "value": {"best_peer": "bentoml", "ratio": 1.2},
+                                       "met": True}
+    stacks[2]["cells"][0]["throughput"] = 301.0
+    assert not bench.goals(stacks, {"throughput": 400.0})["ahead_of_peers"]["met"]
+
+
+def test_the_process_tree_finds_grandchildren_started_by_any_thread() -> None:
+    code = ("import subprocess, sys, threading\n"
+            "def spawn():\n"
+            "    subprocess.Popen([sys.executable, '-c', 'import sys; sys.stdin.read()'])\n"
+            "thread = threading.Thread(target=spawn); thread.start(); thread.join()\n"
+            "print(1, flush=True); sys.stdin.read()\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()
+        tree = bench.process_tree(os.getpid())
+        assert child.pid in tree
+        assert len(tree) >= 3  # this process, the child and the child's child
+    finally:
+        tree = bench.process_tree(child.pid)
+        child.communicate()
+        for member in tree[1:]:
+            with suppress(ProcessLookupError):  # it read the end of its input and left
+                os.kill(member, signal.SIGKILL)
+
+
+def test_the_generated_tables_show_every_cell_and_the_readme_every_peer() -> None:
     results, root = committed(), RESULTS.parents[2]
-    table = serve_table_markdown(root)
-    for mode in ("batching", "no_batching"):
-        for cell in results[mode]["cells"]:
-            assert f"| {cell['throughput']} | {cell['p50_ms']} |" in table
-    assert table in serve_markdown(root)
+    table, full = serve_table_markdown(root), serve_markdown(root)
+    for stack in results["stacks"]:
+        rates = " | ".join(str(cell["throughput"]) for cell in stack["cells"])
+        row = f"| {stack['label']} | {stack['batching']} | {rates} |"
+        assert row in full
+        assert (row in table) == (stack["name"] not in bench.VARIANTS)
+        for cell in stack["cells"]:
+            assert f"| {stack['label']} | {cell['concurrency']} | {cell['throughput']} |" in full
+    assert serve_goal_lines(results)[0] in table
+
+
+def test_rounds_pool_into_one_cell_and_keep_each_rounds_throughput() -> None:
+    def phase(latencies: list[float], errors: int, seconds: float) -> bench.Phase:
+        load = bench.Load([b"x"], deadline=0.0)
+        load.latencies_s, load.errors = latencies, Counter({"HTTP 500": errors} if errors else {})
+        used = {"client": 0.1, "server": 1.0, "server_event_loop": 0.2, "machine": 1.5,
+                "model_calls": 2.0, "batched_images": float(len(latencies))}
+        return bench.Phase(load, seconds, used)
+
+    figures = bench.pooled(32, [phase([0.01] * 100, 0, 1.0), phase([0.03] * 50, 10, 1.0)])
+    assert figures["requests"] == 150 and figures["errors"] == 10
+    assert figures["throughput"] == 70.0  # 140 successes over 2 s, not the mean of 100 and 40
+    assert figures["throughput_by_round"] == [100.0, 40.0]
+    assert figures["p50_ms"] == 10.0 and figures["p99_ms"] == 30.0
+    assert figures["mean_batch"] == 37.5
+    assert figures["cores"]["other"] == 0.4  # machine minus client minus server, per second
+    offline = bench.pooled_offline([
+        {"throughput": 700.0, "seconds": 10.0, "batch_size": 32,
+         "cores": {"benchmark": 2.0, "other": 0.0}, "cpu_ms_per_image": {"model": 2.0}},
+        {"throughput": 800.0, "seconds": 10.0, "batch_size": 32,
+         "cores": {"benchmark": 1.8, "other": 0.2}, "cpu_ms_per_image": {"model": 3.0}}])
+    assert offline["throughput"] == 750.0 and offline["throughput_by_round"] == [700.0, 800.0]
+    assert offline["cores"] == {"benchmark": 1.9, "other": 0.1} and offline["seconds"] == 20.0
