@@ -117,6 +117,11 @@ class Metrics:
             self.errors.labels(endpoint, "client" if status < 500 else "server").inc()
 
 
+def busy(reason: str) -> HTTPException:
+    """503 with Retry-After: the client may try again shortly."""
+    return HTTPException(503, reason, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 def identity_headers(identity: dict) -> dict[str, str]:
     return {"X-Model-Sha256": identity["sha256"], "X-Model-File": identity["file"],
             "X-Model-Backend": identity["backend"]}
@@ -155,10 +160,6 @@ class Service:
             self.status = f"warm-up failed: {err}"
             return
         self.status = "ready"
-
-    def busy(self, reason: str) -> HTTPException:
-        """503 with Retry-After: the client may try again shortly."""
-        return HTTPException(503, reason, headers={"Retry-After": str(RETRY_AFTER_S)})
 
     def decode(self, uploads: list[Upload]) -> list[Frame]:
         return [frame for upload in uploads
@@ -256,8 +257,8 @@ def add_routes(app: FastAPI, service: Service) -> None:
         if not service.ready:
             raise HTTPException(503, "the model is not ready yet; poll /readyz")
         if service.in_flight >= service.settings.max_in_flight:
-            raise service.busy(f"the server is full ({service.settings.max_in_flight} "
-                               "requests in flight); try again shortly")
+            raise busy(f"the server is full ({service.settings.max_in_flight} requests in "
+                       "flight); try again shortly")
         service.in_flight += 1
         arrival = service.batcher.arrival()  # a batch may wait for this request's images
         try:
@@ -267,8 +268,8 @@ def add_routes(app: FastAPI, service: Service) -> None:
         except HTTPException:
             raise
         except TimeoutError as err:
-            raise service.busy(f"not answered within {service.settings.request_timeout_s:g} "
-                               "s; try again shortly") from err
+            raise busy(f"not answered within {service.settings.request_timeout_s:g} s; try "
+                       "again shortly") from err
         except Exception as err:  # e.g. the model call failed: this request, not the server
             log.exception("predict failed")
             raise HTTPException(500, f"could not classify: {err}") from err
