@@ -75,12 +75,23 @@ class DedupParams(Section):
     near_correlation: Fraction
     edit_hamming: Annotated[int, Field(strict=True, ge=0, le=64)]
     edit_correlation: Fraction
+    crop_correlation: Fraction
     similarity: Literal["auto", "on", "off"]
     similar_hamming: Annotated[int, Field(strict=True, ge=0, le=64)]
     similar_correlation: Fraction
+    similar_far_hamming: Annotated[int, Field(strict=True, ge=0, le=64)]
+    similar_far_correlation: Fraction
     similar_linkage: Fraction
     review_limit: NonNegativeInt
     keep_test_copies: Bool
+
+    @model_validator(mode="after")
+    def _similar_bar_rises(self) -> "DedupParams":
+        if self.similar_far_hamming < self.similar_hamming:
+            raise ValueError("similar_far_hamming must be at least similar_hamming")
+        if self.similar_far_correlation < self.similar_correlation:
+            raise ValueError("similar_far_correlation must be at least similar_correlation")
+        return self
 
 
 class SplitParams(Section):

@@ -7,21 +7,24 @@ thumbnails (thumbs.npy, in catalog order, for the split's leakage check),
 metrics/report/dedup.json, where `found` equals the sum of every other count and
 `similarity` describes the similarity groups (metrics/dedup.json, the DVC metric, holds
 `found` and `kept`), and contact sheets to check it all by eye
-(plots/dedup/duplicates_*.png, conflicts_*.png, similarity_*.png). With
+(plots/dedup/duplicates_*.jpg, conflicts_*.jpg, similarity_*.jpg). With
 `dedup.enabled: false` nothing is removed and `left_in` counts the copies that stayed.
 """
 
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from medimg.data.catalog import (
+    Pictures,
     Thresholds,
     assign_groups,
     deduplicate,
     describe_all,
+    fine_grey,
     restore_origin,
     similarity_groups,
     similarity_report,
@@ -37,7 +40,6 @@ METRICS = Path("metrics/dedup.json")  # headline figures: the DVC metric
 REPORT = Path("metrics/report/dedup.json")  # every count
 SHEETS = Path("plots/dedup")
 LARGEST_GROUPS = 25  # similarity groups shown besides those that span classes
-TILE = 112  # thumbnail side on the sheets
 
 
 def read_groups_file(raw_dir: Path, name: str | None) -> pd.DataFrame | None:
@@ -60,7 +62,7 @@ def review(raw_dir: Path, kept: pd.DataFrame, removed: pd.DataFrame, limit: int,
     beside the image it duplicates, weakest match first (byte- and pixel-identical copies
     are proven by their hashes and only listed in duplicates.csv), each label-conflict
     group, and the similarity groups that span classes and the LARGEST_GROUPS largest; at
-    most `limit` rows of each kind."""
+    most `limit` blocks of each kind."""
     def tiles(rows: pd.DataFrame) -> list[Tile]:
         return [Tile(raw_dir / path, f"{path}\n{label}")
                 for path, label in zip(rows["path"], rows["class"], strict=True)]
@@ -80,9 +82,9 @@ def review(raw_dir: Path, kept: pd.DataFrame, removed: pd.DataFrame, limit: int,
     similar = [(f"{size} images, {classes} class{'es' if classes > 1 else ''}",
                 tiles(joined[joined["group"] == group]))
                for group, classes, size in ranked.itertuples()]
-    for stem, rows in (("duplicates", pairs), ("conflicts", conflicts[:limit]),
-                       ("similarity", similar[:limit])):
-        write_sheets(SHEETS, stem, rows, tile=TILE, max_pixels=max_pixels, workers=workers)
+    for stem, blocks in (("duplicates", pairs), ("conflicts", conflicts[:limit]),
+                         ("similarity", similar[:limit])):
+        write_sheets(SHEETS, stem, blocks, max_pixels=max_pixels, workers=workers)
 
 
 def main() -> None:
@@ -101,7 +103,9 @@ def main() -> None:
         raise DatasetError(f"{raw_dir}: none of {len(described)} images could be used; "
                            f"first reason: {rejects['reason'].iat[0]}")
     thumbs = np.stack([d.pop("thumb") for d in usable])
-    greys, views = [d.pop("grey") for d in usable], [d.pop("views") for d in usable]
+    pictures = Pictures([d.pop("grey") for d in usable], [d.pop("views") for d in usable],
+                        [d.pop("features") for d in usable], [d["path"] for d in usable],
+                        partial(fine_grey, raw_dir, dedup.max_pixels))
     images = pd.DataFrame(usable)
     where = {c.path: c for c in walk.candidates}
     images.insert(1, "class", [where[p].label_name for p in images["path"]])
@@ -112,8 +116,9 @@ def main() -> None:
     images.insert(4, "group", group)
     images.insert(5, "group_source", source)
     limits = Thresholds(dedup.near_hamming, dedup.near_correlation, dedup.edit_hamming,
-                        dedup.edit_correlation, prefer_origin=params.split.respect_existing)
-    kept, removed = deduplicate(images, thumbs, greys, views, limits, workers)
+                        dedup.edit_correlation, dedup.crop_correlation,
+                        prefer_origin=params.split.respect_existing)
+    kept, removed = deduplicate(images, thumbs, pictures, limits, workers)
     if dedup.enabled and dedup.keep_test_copies:  # the test folder as published
         kept, removed = restore_origin(images, kept, removed, params.split.respect_existing)
     if not dedup.enabled:  # the leaky baseline: everything stays, copies are only counted
@@ -124,7 +129,7 @@ def main() -> None:
     if dedup.enabled and use_similarity(dedup, data, groups_table):
         kept["group"], kept["group_source"] = similarity_groups(
             kept, kept_thumbs, dedup.similar_hamming, dedup.similar_correlation,
-            dedup.similar_linkage)
+            dedup.similar_linkage, dedup.similar_far_hamming, dedup.similar_far_correlation)
     ignored = pd.DataFrame(walk.ignored, columns=["path", "reason"])
 
     matches = removed["match"].value_counts()

@@ -3,7 +3,7 @@ optionally k-fold or respecting a dataset's own test folder, and proof that noth
 crosses the splits.
 
 Writes data/split/split.csv (the catalog plus a `split` column, in catalog order),
-data/split/closest_pairs.csv with its contact sheets plots/split/closest_pairs_*.png,
+data/split/closest_pairs.csv with its contact sheets plots/split/closest_pairs_*.jpg,
 data/split/test_copies.csv, data/split/leaks.csv, data/split/leaked_test.csv,
 metrics/report/split.json (the split table) and metrics/split.json (images per split, the
 DVC metric). Stops when a class has too few images in a split to be evaluated. Fails,

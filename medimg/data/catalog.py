@@ -6,6 +6,7 @@ duplicate, conflict, rejected or ignored, so nothing is silently lost.
 
 import multiprocessing
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -15,6 +16,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from medimg.data.edits import (
+    FINE_SIDE,
     FRAME,
     ORIENTATIONS,
     PLAIN,
@@ -22,10 +24,12 @@ from medimg.data.edits import (
     TURNED_HAMMING,
     ViewHashes,
     Views,
+    check_affine,
     check_pair,
     reduce_grey,
     view_hashes,
 )
+from medimg.data.features import Candidate, LocalFeatures, candidate_pairs, local_features
 from medimg.data.hashing import file_sha256, pixel_sha256
 from medimg.data.images import ImageError, check_min_side, load_image
 from medimg.data.perceptual import (
@@ -39,12 +43,13 @@ from medimg.data.perceptual import (
     phash_values,
     thumbnail,
 )
+from medimg.data.similar import similar_pairs
 from medimg.parallel import process_map
 
 
 def describe(rel: str, raw_dir: Path, min_side: int, max_pixels: int) -> dict:
-    """Hashes, properties, the 64x64 thumbnail, the small greyscale image and the view
-    hashes of one file, or a `reason` it is unusable."""
+    """Hashes, properties, the 64x64 thumbnail, the small greyscale image, its view hashes
+    and local features of one file, or a `reason` it is unusable."""
     path = raw_dir / rel
     try:
         decoded = load_image(path, max_pixels)
@@ -67,6 +72,7 @@ def describe(rel: str, raw_dir: Path, min_side: int, max_pixels: int) -> dict:
         "thumb": thumb,
         "grey": grey,
         "views": view_hashes(grey),
+        "features": local_features(grey),
     }
 
 
@@ -120,6 +126,7 @@ class Thresholds:
     near_correlation: float
     edit_hamming: int
     edit_correlation: float
+    crop_correlation: float
     prefer_origin: str | None = None  # keep copies from this origin (a test folder) first
 
 
@@ -130,6 +137,32 @@ class Pairs:
     second: np.ndarray
     score: np.ndarray
     edit: np.ndarray  # object: the edit's name, 'none' for a plain near duplicate
+
+
+@dataclass(frozen=True)
+class Pictures:
+    """What the edited-copy search compares of each image, in one order: the small
+    greyscale image, its view hashes and local features, its path, and how to load it as
+    a finer greyscale image (the local-feature check confirms on that)."""
+
+    greys: list[np.ndarray]
+    views: list[ViewHashes]
+    features: list[LocalFeatures]
+    paths: list[str]
+    load_fine: Callable[[str], np.ndarray]
+
+    def take(self, rows: Iterable[int]) -> "Pictures":
+        rows = list(rows)
+        return Pictures([self.greys[i] for i in rows], [self.views[i] for i in rows],
+                        [self.features[i] for i in rows], [self.paths[i] for i in rows],
+                        self.load_fine)
+
+
+def fine_grey(raw_dir: Path, max_pixels: int, path: str) -> np.ndarray:
+    """The file's greyscale image area-reduced to FINE_SIDE on its longer side (a JPEG
+    decoded at a reduced scale that keeps at least that: a third of the time)."""
+    decoded = load_image(raw_dir / path, max_pixels, draft=FINE_SIDE)
+    return reduce_grey(luma(decoded.pixels), FINE_SIDE)
 
 
 def confirmed_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
@@ -153,7 +186,7 @@ def confirmed_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
     return first[keep], second[keep], scores[keep], dict(zip(rows.tolist(), vectors, strict=True))
 
 
-_VIEWS = Views([], [])  # the images a check worker reads
+_VIEWS = Views([], [], list)  # the images a check worker reads
 
 
 def _share_views(views: Views) -> None:
@@ -161,42 +194,56 @@ def _share_views(views: Views) -> None:
     _VIEWS = views
 
 
-def _check(hypotheses: list[tuple[int, int, int, int]], min_score: float,
+Hypothesis = tuple[int, int, int, int] | Candidate
+
+
+def _fine(load: Callable[[str], np.ndarray], paths: list[str], image: int) -> np.ndarray:
+    return load(paths[image])
+
+
+def _check(hypotheses: list[Hypothesis], min_score: float, crop_score: float,
            ) -> list[tuple[float, str]]:
-    return [check_pair(_VIEWS, copy, kind, original, code, min_score)
-            for copy, kind, original, code in hypotheses]
+    return [check_affine(_VIEWS, h.first, h.second, h.mirrored, h.affine, crop_score)
+            if isinstance(h, Candidate) else check_pair(_VIEWS, *h, min_score)
+            for h in hypotheses]
 
 
-def check_all(greys: list[np.ndarray], shares: list[float],
-              hypotheses: list[tuple[int, int, int, int]], min_score: float,
-              workers: int) -> list[tuple[float, str]]:
-    """`check_pair` for each (copy, query kind, original, view code), in a process pool
-    when workers > 1 and there is enough to do; each worker takes contiguous shares, so
-    an image's views are made once there. Forked workers read the images from this
-    process's memory instead of receiving a copy."""
-    _share_views(Views(greys, shares))
+def check_all(pictures: Pictures, hypotheses: list[Hypothesis], min_score: float,
+              crop_score: float, workers: int) -> list[tuple[float, str]]:
+    """`check_pair` for each (copy, query kind, original, view code) and `check_affine`
+    for each local-feature Candidate, in a process pool when workers > 1 and there is
+    enough to do; each worker takes contiguous shares, so an image's views are made once
+    there. Forked workers read the images from this process's memory instead of receiving
+    a copy."""
+    _share_views(Views(pictures.greys, [v.share for v in pictures.views],
+                       partial(_fine, pictures.load_fine, pictures.paths)))
     if workers <= 1 or len(hypotheses) < 256:
-        return _check(hypotheses, min_score)
+        return _check(hypotheses, min_score, crop_score)
     share = -(-len(hypotheses) // (4 * workers))
     chunks = [hypotheses[i:i + share] for i in range(0, len(hypotheses), share)]
     forked = "fork" in multiprocessing.get_all_start_methods()
     start = ({"mp_context": multiprocessing.get_context("fork")} if forked else
              {"initializer": _share_views, "initargs": (_VIEWS,)})
-    done = process_map(_check, chunks, [min_score] * len(chunks), workers=workers, **start)
+    done = process_map(_check, chunks, [min_score] * len(chunks), [crop_score] * len(chunks),
+                       workers=workers, **start)
     return [result for chunk in done for result in chunk]
 
 
-def edited_pairs(greys: list[np.ndarray], views: list[ViewHashes], max_distance: int,
-                 min_score: float, known: set[tuple[int, int]], workers: int = 1) -> Pairs:
+def edited_pairs(pictures: Pictures, limits: "Thresholds", known: set[tuple[int, int]],
+                 workers: int = 1) -> Pairs:
     """Pairs proven to be edited copies, other than the `known` (i < j) ones.
 
-    Candidates: an image's unturned foreground or frame hash within `max_distance` bits
-    of any view hash of another image (never all pairs); a turned or flipped view within
-    TURNED_HAMMING bits only, since a turn changes nothing else. Frame against unturned
-    frame is the near-duplicate check's own case and is left to it. Each unordered pair is
-    checked once, with its closest view; it counts when the registered check scores
-    `min_score`.
+    Candidates come from two indexes, never from all pairs. View hashes: an image's
+    unturned foreground or frame hash within `edit_hamming` bits of any view hash of
+    another image; a turned or flipped view within TURNED_HAMMING bits only, since a turn
+    changes nothing else. Frame against unturned frame is the near-duplicate check's own
+    case and is left to it. Local features (`medimg.data.features`): keypoint matches that
+    agree on one zooming transform, for crops anywhere and copies edited twice. Each
+    unordered pair is checked with its closest view (registered, `edit_correlation`) and
+    with its local transform (`check_affine`, `crop_correlation`); the view's result
+    comes first.
     """
+    views, max_distance = pictures.views, limits.edit_hamming
     owners_q = np.repeat(np.arange(len(views)), [len(v.query) for v in views])
     kinds = np.concatenate([np.arange(len(v.query)) for v in views])
     owners_e = np.repeat(np.arange(len(views)), [len(v.index) for v in views])
@@ -213,13 +260,22 @@ def edited_pairs(greys: list[np.ndarray], views: list[ViewHashes], max_distance:
     pair = np.minimum(copy, original) * len(views) + np.maximum(copy, original)
     order = np.lexsort((codes[at_e], distance, pair))
     first_of_pair = np.r_[True, pair[order][1:] != pair[order][:-1]][:len(order)]
-    hypotheses = [(int(copy[at]), int(kinds[at_q[at]]), int(original[at]), int(codes[at_e[at]]))
-                  for at in order[first_of_pair]
-                  if (min(copy[at], original[at]), max(copy[at], original[at])) not in known]
-    checked = check_all(greys, [v.share for v in views], hypotheses, min_score, workers)
-    found = [(i, j, score, edit) for (i, _, j, _), (score, edit) in
-             zip(hypotheses, checked, strict=True) if score >= min_score]
-    columns = list(zip(*found, strict=True)) if found else [(), (), (), ()]
+    hypotheses: list[Hypothesis] = [
+        (int(copy[at]), int(kinds[at_q[at]]), int(original[at]), int(codes[at_e[at]]))
+        for at in order[first_of_pair]
+        if (min(copy[at], original[at]), max(copy[at], original[at])) not in known]
+    hypotheses += candidate_pairs(pictures.features, known, workers)
+    checked = check_all(pictures, hypotheses, limits.edit_correlation,
+                        limits.crop_correlation, workers)
+    found: dict[tuple[int, int], tuple[int, int, float, str]] = {}
+    for hypothesis, (score, edit) in zip(hypotheses, checked, strict=True):
+        local = isinstance(hypothesis, Candidate)
+        i, j = (hypothesis.first, hypothesis.second) if local else (hypothesis[0], hypothesis[2])
+        if local and abs(np.linalg.det(hypothesis.affine[:, :2])) > 1.0:
+            i, j = j, i  # check_affine names the edit from the image showing more
+        if score >= (limits.crop_correlation if local else limits.edit_correlation):
+            found.setdefault((min(i, j), max(i, j)), (i, j, score, edit))
+    columns = list(zip(*found.values(), strict=True)) if found else [(), (), (), ()]
     return Pairs(np.array(columns[0], dtype=np.int64), np.array(columns[1], dtype=np.int64),
                  np.array(columns[2], dtype=np.float64), np.array(columns[3], dtype=object))
 
@@ -237,23 +293,21 @@ def _reversed(edit: str) -> str:
     return " ".join(parts)
 
 
-def duplicate_pairs(hashes: np.ndarray, thumbs: np.ndarray, greys: list[np.ndarray],
-                    views: list[ViewHashes], limits: Thresholds, workers: int = 1) -> Pairs:
+def duplicate_pairs(hashes: np.ndarray, thumbs: np.ndarray, pictures: Pictures,
+                    limits: Thresholds, workers: int = 1) -> Pairs:
     """Near duplicates (pHash candidates confirmed on the thumbnails' detail) and edited
     copies (view-hash candidates confirmed by registration)."""
     first, second, scores, _ = confirmed_pairs(hashes, thumbs, limits.near_hamming,
                                                limits.near_correlation)
     known = set(zip(first.tolist(), second.tolist(), strict=True))
-    edited = edited_pairs(greys, views, limits.edit_hamming, limits.edit_correlation, known,
-                          workers)
+    edited = edited_pairs(pictures, limits, known, workers)
     return Pairs(np.r_[first, edited.first], np.r_[second, edited.second],
                  np.r_[scores, edited.score],
                  np.r_[np.full(len(first), "none", dtype=object), edited.edit])
 
 
 def _near_representatives(candidates: np.ndarray, hashes: np.ndarray, thumbs: np.ndarray,
-                          greys: list[np.ndarray], views: list[ViewHashes],
-                          limits: Thresholds, workers: int,
+                          pictures: Pictures, limits: Thresholds, workers: int,
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Near-duplicate representative, score against it and edit for each candidate row.
 
@@ -263,8 +317,7 @@ def _near_representatives(candidates: np.ndarray, hashes: np.ndarray, thumbs: np
     never through a chain of other members.
     """
     pairs = duplicate_pairs(hashes[candidates], thumbs[candidates],
-                            [greys[i] for i in candidates], [views[i] for i in candidates],
-                            limits, workers)
+                            pictures.take(candidates), limits, workers)
     neighbours: dict[int, list[tuple[int, float, str]]] = {}
     for i, j, score, edit in zip(pairs.first.tolist(), pairs.second.tolist(),
                                  pairs.score.tolist(), pairs.edit.tolist(), strict=True):
@@ -294,9 +347,8 @@ def _merge_groups(frame: pd.DataFrame, links: list[tuple[str, str]],
     return merged, frame["group_source"].where(~grew, source)
 
 
-def deduplicate(table: pd.DataFrame, thumbs: np.ndarray, greys: list[np.ndarray],
-                views: list[ViewHashes], limits: Thresholds, workers: int = 1,
-                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def deduplicate(table: pd.DataFrame, thumbs: np.ndarray, pictures: Pictures,
+                limits: Thresholds, workers: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Keep one representative per duplicate group; return (kept, removed).
 
     Levels: exact (same file bytes), pixel (same decoded pixels), near (pHash within
@@ -312,15 +364,15 @@ def deduplicate(table: pd.DataFrame, thumbs: np.ndarray, greys: list[np.ndarray]
     priority = np.lexsort((table["path"].to_numpy(), -area, elsewhere))
     ordered = table.iloc[priority].reset_index(drop=True)
     thumbs = thumbs[priority]
-    greys, views = [greys[i] for i in priority], [views[i] for i in priority]
+    pictures = pictures.take(priority)
     position = pd.Series(np.arange(len(ordered)))
     exact_rep = position.groupby(ordered["sha256"]).transform("min").to_numpy()
     pixel_rep = position.groupby(ordered["pixel_sha256"]).transform("min").to_numpy()
 
     hashes = phash_values(ordered["phash"])
     unique = np.flatnonzero(pixel_rep == position)
-    near_rep, near_score, near_edit = _near_representatives(unique, hashes, thumbs, greys,
-                                                            views, limits, workers)
+    near_rep, near_score, near_edit = _near_representatives(unique, hashes, thumbs, pictures,
+                                                            limits, workers)
     rep, score = np.arange(len(ordered)), np.ones(len(ordered))
     edit = np.full(len(ordered), "", dtype=object)
     rep[unique], score[unique], edit[unique] = near_rep, near_score, near_edit
@@ -365,17 +417,27 @@ def restore_origin(images: pd.DataFrame, kept: pd.DataFrame, removed: pd.DataFra
 
 
 def similarity_clusters(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
-                        min_correlation: float, min_linkage: float) -> np.ndarray:
+                        min_correlation: float, min_linkage: float,
+                        far_distance: int | None = None, far_correlation: float | None = None,
+                        ) -> np.ndarray:
     """Cluster number per image (the smallest member's row) by average linkage.
 
     Edges are pairs within `max_distance` pHash bits whose fine detail correlates at
     least `min_correlation` (neighbouring slices of one scan share their detail, other
-    patients' similar slices do not). Strongest edges first, two clusters merge only when
-    the mean detail correlation over all their member pairs reaches `min_linkage`, so one
-    chance resemblance cannot chain two scans together.
+    patients' similar slices do not), and pairs further apart, up to `far_distance` bits,
+    whose correlation reaches a bar that rises evenly from `min_correlation` to
+    `far_correlation` (`medimg.data.similar.correlation_needed`): neighbouring slices
+    often differ in 12 to 16 pHash bits, and each bit more makes many more other
+    patients' slices candidates, so those need more shared detail. Without
+    `far_distance` only the first rule applies.
+    Strongest edges first, two clusters merge only when the mean detail correlation over
+    all their member pairs reaches `min_linkage`, so one chance resemblance cannot chain
+    two scans together.
     """
-    first, second, scores, vectors = confirmed_pairs(hashes, thumbs, max_distance,
-                                                     min_correlation)
+    first, second, scores, vectors = similar_pairs(
+        hashes, thumbs, max_distance, min_correlation,
+        max_distance if far_distance is None else far_distance,
+        min_correlation if far_correlation is None else far_correlation)
     cluster = np.arange(len(thumbs))
     members: dict[int, list[int]] = {}
     for at in np.argsort(-scores, kind="stable"):
@@ -396,11 +458,14 @@ def similarity_clusters(hashes: np.ndarray, thumbs: np.ndarray, max_distance: in
 
 def similarity_groups(kept: pd.DataFrame, thumbs: np.ndarray, max_distance: int,
                       min_correlation: float, min_linkage: float,
+                      far_distance: int | None = None, far_correlation: float | None = None,
                       ) -> tuple[pd.Series, pd.Series]:
     """Join the split groups of highly similar images (neighbouring slices, patches of one
-    slide): they are real, distinct data, but must never straddle train and test."""
+    slide): they are real, distinct data, but must never straddle train and test.
+    The thresholds are `similarity_clusters`'."""
     hashes = phash_values(kept["phash"])
-    cluster = similarity_clusters(hashes, thumbs, max_distance, min_correlation, min_linkage)
+    cluster = similarity_clusters(hashes, thumbs, max_distance, min_correlation, min_linkage,
+                                  far_distance, far_correlation)
     group = kept["group"].to_numpy()
     links = list(zip(group[cluster], group, strict=True))
     return _merge_groups(kept, links, "similarity")

@@ -28,5 +28,5 @@ def pixel_sha256(pixels: np.ndarray) -> str:
     copy with other metadata still hashes the same."""
     digest = hashlib.sha256()
     digest.update(str(pixels.shape).encode())
-    digest.update(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
+    digest.update(memoryview(np.ascontiguousarray(pixels, dtype=np.uint8)))
     return digest.hexdigest()

@@ -114,7 +114,8 @@ def load_frames(source: Source, max_pixels: int | None = None,
     decodes that frame only.
 
     With `draft`, a JPEG may be decoded at a reduced scale whose sides stay at least
-    `draft` pixels (for previews; every stage decodes at full size)."""
+    `draft` pixels (for previews and checks on a reduced image; pixel hashes and
+    training decode at full size)."""
     frame = None
     if not isinstance(source, bytes):
         source, frame = split_frame(source)

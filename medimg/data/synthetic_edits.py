@@ -1,12 +1,13 @@
 """Edits that make copies of an image the way datasets acquire them: turned, flipped,
-cropped, padded, captioned, slightly rotated, resized, re-compressed, brightened. Each
-takes an RGB Pillow image and a seeded generator and returns the edited image."""
+cropped (centred or anywhere, as RandomResizedCrop does), padded, captioned, slightly
+rotated, resized, re-compressed, brightened, and two of these at once. Each takes an RGB
+Pillow image and a seeded generator and returns the edited image."""
 
 import io
 from collections.abc import Callable
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 Edit = Callable[[Image.Image, np.random.Generator], Image.Image]
 
@@ -21,6 +22,22 @@ def crop(share: float, centred: bool = True) -> Edit:
         box = (x, y, x + keep_w, y + keep_h)
         return image.crop(box).resize((width, height), Image.Resampling.BILINEAR)
     return edit
+
+
+def crop_anywhere(low: float, high: float) -> Edit:
+    """Keep a share of each side drawn from [low, high], at a random place, resized back."""
+    def edit(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        return crop(float(rng.uniform(low, high)), centred=False)(image, rng)
+    return edit
+
+
+def brightness(factor: float) -> Edit:
+    return lambda image, rng: ImageEnhance.Brightness(image).enhance(factor)
+
+
+def both(first: Edit, second: Edit) -> Edit:
+    """`first`, then `second` on its result."""
+    return lambda image, rng: second(first(image, rng), rng)
 
 
 def border(image: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -94,4 +111,17 @@ EDITS: dict[str, Edit] = {
     "JPEG q40": jpeg(40),
     "gamma 0.8": gamma(0.8),
     "PNG re-encode": lambda image, rng: image,
+    "crop 70-95% anywhere": crop_anywhere(0.7, 0.95),
+    "crop 70% anywhere": crop(0.7, centred=False),
 }
+TWO_EDITS: dict[str, Edit] = {
+    "hflip + crop 70-95% anywhere": both(EDITS["hflip"], crop_anywhere(0.7, 0.95)),
+    "rot270 + crop 70-95% anywhere": both(EDITS["rot270"], crop_anywhere(0.7, 0.95)),
+    "crop 70-95% anywhere + brightness +20%": both(crop_anywhere(0.7, 0.95), brightness(1.2)),
+    "crop 70-95% anywhere + JPEG q40": both(crop_anywhere(0.7, 0.95), jpeg(40)),
+    "rot90 + text caption": both(EDITS["rot90"], caption),
+    "rotate 3-10 degrees + text caption": both(small_rotation, caption),
+    "asymmetric border + rotate 3-10 degrees": both(border, small_rotation),
+    "transpose + asymmetric border": both(EDITS["transpose"], border),
+}
+ALL_EDITS = {**EDITS, **TWO_EDITS}

@@ -13,8 +13,9 @@ import dedup
 import split
 from conftest import REPO, noise_image, save
 from medimg.data import perceptual
-from medimg.data.catalog import Thresholds, assign_groups, deduplicate
+from medimg.data.catalog import Pictures, Thresholds, assign_groups, deduplicate
 from medimg.data.edits import view_hashes
+from medimg.data.features import local_features
 from medimg.data.perceptual import detail_correlation, near_pairs, phash
 from medimg.data.walk import walk_dataset
 from medimg.errors import DatasetError, ParamsError
@@ -220,9 +221,11 @@ def test_near_groups_do_not_chain() -> None:
         "sha256": ["1", "2", "3"], "pixel_sha256": ["1", "2", "3"],
         "phash": [f"{phash(t):016x}" for t in thumbs], "width": 64, "height": 64})
     limits = Thresholds(near_hamming=64, near_correlation=threshold, edit_hamming=64,
-                        edit_correlation=1.0)  # every pair is an edit candidate, none passes
-    kept, removed = deduplicate(table, thumbs, list(thumbs), [view_hashes(t) for t in thumbs],
-                                limits)
+                        edit_correlation=1.0, crop_correlation=1.0)  # none passes as an edit
+    pictures = Pictures(list(thumbs), [view_hashes(t) for t in thumbs],
+                        [local_features(t) for t in thumbs], table["path"].tolist(),
+                        lambda path: thumbs[table["path"].tolist().index(path)])
+    kept, removed = deduplicate(table, thumbs, pictures, limits)
     assert kept["path"].tolist() == ["a/A.png", "a/C.png"]
     assert removed[["path", "match", "representative"]].values.tolist() == [
         ["a/B.png", "near", "a/A.png"]]

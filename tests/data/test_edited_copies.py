@@ -1,5 +1,6 @@
-"""Edited copies (turned, flipped, cropped, padded, captioned, rotated) are found with the
-edit named; neighbouring MRI slices are not; similarity groups do not chain strangers."""
+"""Edited copies (turned, flipped, cropped centred or anywhere, padded, captioned, rotated,
+and two of these at once) are found with the edit named; neighbouring MRI slices are not;
+similarity groups do not chain strangers."""
 
 import json
 import re
@@ -16,8 +17,9 @@ from test_dedup import run_dedup, use_dataset
 
 import split
 from medimg.data.catalog import similarity_clusters, similarity_report
+from medimg.data.contact import MARGIN, PAD, SHEET_BG
 from medimg.data.perceptual import phash
-from medimg.data.synthetic_edits import EDITS
+from medimg.data.synthetic_edits import ALL_EDITS
 from sample import mni152_path, to_uint8
 
 
@@ -45,6 +47,11 @@ NAMES = {
     "rotate 3-10 degrees": r"^rotate -?([3-9]|1[0-2])$",
     "resize 50%": "^none$", "resize 75%": "^none$", "JPEG q40": "^none$",
     "gamma 0.8": "^none$",
+    "crop 70% anywhere": r"^crop 0\.(6[7-9]|7[0-3])$",
+    "hflip + crop 70-95% anywhere": r"^hflip crop 0\.([7-8]\d|9[0-5])$",
+    "rot270 + crop 70-95% anywhere": r"^rot270 crop 0\.([7-8]\d|9[0-5])$",
+    "crop 70-95% anywhere + brightness +20%": r"^crop 0\.([7-8]\d|9[0-5])$",
+    "rotate 3-10 degrees + text caption": r"^rotate -?([3-9]|1[0-2])$",
 }
 
 
@@ -53,7 +60,7 @@ def test_each_edit_is_found_with_its_name(tmp_path, monkeypatch, edit) -> None:
     raw = use_dataset(tmp_path, monkeypatch, ["a", "b"])
     original = Image.fromarray(head(1))
     put(raw / "a/0_original.png", original)
-    put(raw / "a/1_copy.png", EDITS[edit](original, np.random.default_rng(0)))
+    put(raw / "a/1_copy.png", ALL_EDITS[edit](original, np.random.default_rng(0)))
     for seed in (2, 3):
         put(raw / f"b/other{seed}.png", Image.fromarray(head(seed)))
     counts, tables = run_dedup()
@@ -64,7 +71,9 @@ def test_each_edit_is_found_with_its_name(tmp_path, monkeypatch, edit) -> None:
                   else ("a/1_copy.png", "a/0_original.png"))  # the larger image is kept
     assert removed.loc[copy, "representative"] == kept
     assert re.match(NAMES[edit], removed.loc[copy, "edit"]), removed.loc[copy, "edit"]
-    assert float(removed.loc[copy, "correlation"]) >= 0.98
+    dedup = yaml.safe_load((tmp_path / "params.yaml").read_text())["dedup"]
+    confirmed = dedup["crop_correlation" if "anywhere" in edit else "edit_correlation"]
+    assert float(removed.loc[copy, "correlation"]) >= confirmed
 
 
 def test_a_turn_is_named_from_the_kept_image(tmp_path, monkeypatch) -> None:
@@ -164,12 +173,15 @@ def test_dedup_and_split_write_contact_sheets(tmp_path, monkeypatch) -> None:
         put(raw / f"{'ab'[i % 2]}/far{i}.png", Image.fromarray(pixels))
     run_dedup()
     sheets = sorted(p.name for p in Path("plots/dedup").iterdir())
-    assert sheets == ["conflicts_001.png", "duplicates_001.png", "similarity_001.png"]
-    page = Image.open("plots/dedup/duplicates_001.png")
-    assert page.format == "PNG" and 128 < page.height < 2 * 128  # the flip; not the exact
+    assert sheets == ["conflicts_001.jpg", "duplicates_001.jpg", "similarity_001.jpg"]
+    with Image.open("plots/dedup/duplicates_001.jpg") as sheet:
+        page = np.asarray(sheet.convert("RGB")).astype(int)
+    one_pair = MARGIN + PAD + 2 * (256 + PAD)  # one block of two tiles, at the left
+    assert page.shape[0] > 256
+    assert (np.abs(page[:, one_pair + 8:] - SHEET_BG) <= 8).all()  # the flip; not the exact
     split.main()
     assert len(pd.read_csv("data/split/closest_pairs.csv")) > 0
-    assert [p.name for p in Path("plots/split").iterdir()] == ["closest_pairs_001.png"]
+    assert [p.name for p in Path("plots/split").iterdir()] == ["closest_pairs_001.jpg"]
 
 
 def test_no_review_leaves_empty_sheet_folders(tmp_path, monkeypatch) -> None:
@@ -184,7 +196,7 @@ def test_no_review_leaves_empty_sheet_folders(tmp_path, monkeypatch) -> None:
     put(raw / "a/flipped.png", original.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
     for seed in range(31, 45):  # enough of each class to fill train, val and test
         put(raw / f"{'ab'[seed % 2]}/x{seed}.png", Image.fromarray(head(seed)))
-    put(Path("plots/dedup/duplicates_001.png"), original)  # stale, from an earlier run
+    put(Path("plots/dedup/duplicates_001.jpg"), original)  # stale, from an earlier run
     counts, _ = run_dedup()
     split.main()
     assert counts["near_duplicates"] == 1
