@@ -201,9 +201,17 @@ def _fine(load: Callable[[str], np.ndarray], paths: list[str], image: int) -> np
     return load(paths[image])
 
 
+def _bar(hypothesis: Hypothesis, min_score: float, crop_score: float) -> float:
+    """The score a hypothesis must reach: `crop_score` for a local-feature candidate that
+    zooms or turns, `min_score` for a view hypothesis and for a candidate barely moved."""
+    local = isinstance(hypothesis, Candidate) and not hypothesis.barely_moved()
+    return crop_score if local else min_score
+
+
 def _check(hypotheses: list[Hypothesis], min_score: float, crop_score: float,
            ) -> list[tuple[float, str]]:
-    return [check_affine(_VIEWS, h.first, h.second, h.mirrored, h.affine, crop_score)
+    return [check_affine(_VIEWS, h.first, h.second, h.mirrored, h.affine,
+                         _bar(h, min_score, crop_score))
             if isinstance(h, Candidate) else check_pair(_VIEWS, *h, min_score)
             for h in hypotheses]
 
@@ -240,8 +248,9 @@ def edited_pairs(pictures: Pictures, limits: "Thresholds", known: set[tuple[int,
     case and is left to it. Local features (`medimg.data.features`): keypoint matches that
     agree on one zooming transform, for crops anywhere and copies edited twice. Each
     unordered pair is checked with its closest view (registered, `edit_correlation`) and
-    with its local transform (`check_affine`, `crop_correlation`); the view's result
-    comes first.
+    with its local transform (`check_affine`, `crop_correlation`, or `edit_correlation`
+    for a transform that barely moves: `Candidate.barely_moved`); the view's result comes
+    first.
     """
     views, max_distance = pictures.views, limits.edit_hamming
     owners_q = np.repeat(np.arange(len(views)), [len(v.query) for v in views])
@@ -273,7 +282,7 @@ def edited_pairs(pictures: Pictures, limits: "Thresholds", known: set[tuple[int,
         i, j = (hypothesis.first, hypothesis.second) if local else (hypothesis[0], hypothesis[2])
         if local and abs(np.linalg.det(hypothesis.affine[:, :2])) > 1.0:
             i, j = j, i  # check_affine names the edit from the image showing more
-        if score >= (limits.crop_correlation if local else limits.edit_correlation):
+        if score >= _bar(hypothesis, limits.edit_correlation, limits.crop_correlation):
             found.setdefault((min(i, j), max(i, j)), (i, j, score, edit))
     columns = list(zip(*found.values(), strict=True)) if found else [(), (), (), ()]
     return Pairs(np.array(columns[0], dtype=np.int64), np.array(columns[1], dtype=np.int64),

@@ -35,6 +35,7 @@ MAX_BUCKET = 32  # a key shared by more descriptors is too common to say anythin
 # A copy that shows the content at its original size and unturned is the view hashes' to
 # find: the neighbouring slices of a scan, which must be kept, map onto each other so too.
 MIN_ZOOM = 1.02  # a crop of 98% of each side
+CROP_ZOOM = 1.05  # a crop of 95%: zoomed less (and unturned), neighbouring slices look alike
 MIN_TURN = 3.0  # degrees
 MAX_ZOOM = 2.0  # a crop of 50% of each side
 ANGLE_BIN = 30.0  # degrees: matches of one copy agree on the turn within this
@@ -105,6 +106,14 @@ class Candidate:
     mirrored: bool
     affine: np.ndarray
     votes: int
+
+    def barely_moved(self) -> bool:
+        """Zoomed by less than CROP_ZOOM and turned by less than MIN_TURN: where the
+        neighbouring slices of a smooth scan also land (near the top of a head each slice
+        is a little smaller than the next), so the pair is held to the view hashes' bar."""
+        zoom = float(np.sqrt(abs(np.linalg.det(self.affine[:, :2]))))
+        turn = abs(float(np.degrees(np.arctan2(self.affine[1, 0], self.affine[0, 0]))))
+        return max(zoom, 1 / zoom) < CROP_ZOOM and turn < MIN_TURN
 
 
 _INDEXED = (np.zeros((0, 32), np.uint8), np.zeros(0, np.int64))  # what a table worker reads
