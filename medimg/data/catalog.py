@@ -280,7 +280,7 @@ def edited_pairs(pictures: Pictures, limits: "Thresholds", known: set[tuple[int,
     for hypothesis, (score, edit) in zip(hypotheses, checked, strict=True):
         local = isinstance(hypothesis, Candidate)
         i, j = (hypothesis.first, hypothesis.second) if local else (hypothesis[0], hypothesis[2])
-        if local and abs(np.linalg.det(hypothesis.affine[:, :2])) > 1.0:
+        if local and not hypothesis.copy_first():
             i, j = j, i  # check_affine names the edit from the image showing more
         if score >= _bar(hypothesis, limits.edit_correlation, limits.crop_correlation):
             found.setdefault((min(i, j), max(i, j)), (i, j, score, edit))

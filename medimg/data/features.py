@@ -111,9 +111,20 @@ class Candidate:
         """Zoomed by less than CROP_ZOOM and turned by less than MIN_TURN: where the
         neighbouring slices of a smooth scan also land (near the top of a head each slice
         is a little smaller than the next), so the pair is held to the view hashes' bar."""
-        zoom = float(np.sqrt(abs(np.linalg.det(self.affine[:, :2]))))
-        turn = abs(float(np.degrees(np.arctan2(self.affine[1, 0], self.affine[0, 0]))))
-        return max(zoom, 1 / zoom) < CROP_ZOOM and turn < MIN_TURN
+        zoom, turn = _motion(self.affine)
+        return zoom < CROP_ZOOM and turn < MIN_TURN
+
+    def copy_first(self) -> bool:
+        """Whether `first` shows the content larger: the copy, when the pair is one."""
+        return abs(np.linalg.det(self.affine[:, :2])) <= 1.0
+
+
+def _motion(affine: np.ndarray) -> tuple[float, float]:
+    """How much a similarity transform zooms (1 or more, either way) and turns (degrees,
+    0 to 180)."""
+    zoom = float(np.sqrt(abs(np.linalg.det(affine[:, :2]))))
+    turn = abs(float(np.degrees(np.arctan2(affine[1, 0], affine[0, 0]))))
+    return max(zoom, 1 / max(zoom, 1e-9)), turn
 
 
 _INDEXED = (np.zeros((0, 32), np.uint8), np.zeros(0, np.int64))  # what a table worker reads
@@ -222,9 +233,7 @@ def _fit(source: np.ndarray, target: np.ndarray) -> np.ndarray | None:
         affine = None if back is None else cv2.invertAffineTransform(back)
     if affine is None or int(inliers.sum()) < MIN_VOTES:
         return None
-    zoom = float(np.sqrt(abs(np.linalg.det(affine[:, :2]))))
-    zoom = max(zoom, 1 / max(zoom, 1e-9))
-    turn = abs(float(np.degrees(np.arctan2(affine[1, 0], affine[0, 0]))))
+    zoom, turn = _motion(affine)
     if zoom > MAX_ZOOM or not (zoom >= MIN_ZOOM or turn >= MIN_TURN):
         return None
     return affine
