@@ -67,15 +67,16 @@ def test_neighbouring_slices_are_not_confirmed_even_as_candidates() -> None:
 
 @pytest.mark.parametrize("apart", [3, 6])
 def test_a_cropped_neighbouring_slice_fails_the_check(apart: int) -> None:
-    first, other = (Image.fromarray(pixels) for pixels in mni_slices(60, apart + 1)[::apart])
-    images = (first, cropped(other.resize((256, 256)), (20, 20, 224, 224)))
-    features = [local_features(g) for g in greys(*images)]
-    for pair in candidate_pairs(features):
-        score, _ = check_affine(views(*images), pair.first, pair.second, pair.mirrored,
-                                pair.affine, 0.95)
-        assert score < 0.95
-    copy = cropped(first.resize((256, 256)), (20, 20, 224, 224))
+    first, other = (Image.fromarray(pixels).resize((256, 256))
+                    for pixels in mni_slices(60, apart + 1)[::apart])
+    box = (20, 20, 224, 224)
+    copy = cropped(first, box)
     (pair,) = candidate_pairs([local_features(g) for g in greys(first, copy)])
     score, _ = check_affine(views(first, copy), pair.first, pair.second, pair.mirrored,
                             pair.affine, 0.95)
-    assert score >= 0.95  # the same crop of the slice itself passes
+    assert score >= 0.95  # the slice's own crop passes
+    # The neighbour cropped alike, mapped by that very transform, does not: its detail
+    # differs once the outline it shares is evened out.
+    score, _ = check_affine(views(first, cropped(other, box)), pair.first, pair.second,
+                            pair.mirrored, pair.affine, 0.95)
+    assert score < 0.95
