@@ -22,8 +22,9 @@ def dispatch(argv: list[str]) -> int:
         from medimg.serving import serve
         serve.run(options)
         return 0
-    print(__doc__.strip(), file=sys.stderr)
-    return 0 if command in ("-h", "--help") else 2
+    asked = command in ("-h", "--help")  # asked for, the usage is output; else an error
+    print(__doc__.strip(), file=sys.stdout if asked else sys.stderr)
+    return 0 if asked else 2
 
 
 def main(argv: list[str] | None = None) -> None:

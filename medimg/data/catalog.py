@@ -34,7 +34,7 @@ from medimg.data.hashing import file_sha256, pixel_sha256
 from medimg.data.images import ImageError, check_min_side, load_image
 from medimg.data.perceptual import (
     THUMB_SIZE,
-    detail_vectors,
+    Details,
     luma,
     near_pairs,
     near_pairs_between,
@@ -166,24 +166,18 @@ def fine_grey(raw_dir: Path, max_pixels: int, path: str) -> np.ndarray:
 
 
 def confirmed_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
-                    min_correlation: float,
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+                    min_correlation: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs within `max_distance` pHash bits whose thumbnails' fine detail correlates at
-    least `min_correlation` (identical thumbnails score 1), and the detail vectors of the
-    rows in any candidate pair."""
+    least `min_correlation` (identical thumbnails score 1), with their scores."""
     first, second = near_pairs(hashes, max_distance)
     rows, where = np.unique(np.r_[first, second], return_inverse=True)
-    vectors = detail_vectors(thumbs[rows])
+    details = Details.of(thumbs[rows])
     at_first, at_second = where[:len(first)], where[len(first):]
-    scores = np.concatenate([
-        np.einsum("ij,ij->i", vectors[at_first[i:i + 4096]], vectors[at_second[i:i + 4096]])
-        for i in range(0, len(first), 4096)] or [np.zeros(0)]).astype(np.float64)
-    scores = np.minimum(scores, 1.0)
-    blank = ~vectors.any(axis=1)  # no detail: such a thumbnail matches only its twin
-    flat = np.flatnonzero(blank[at_first] | blank[at_second])
+    scores = np.minimum(details.pair_correlations(at_first, at_second), 1.0)
+    flat = np.flatnonzero(details.blank[at_first] | details.blank[at_second])
     scores[flat] = (thumbs[first[flat]] == thumbs[second[flat]]).all(axis=(1, 2))
     keep = scores >= min_correlation
-    return first[keep], second[keep], scores[keep], dict(zip(rows.tolist(), vectors, strict=True))
+    return first[keep], second[keep], scores[keep]
 
 
 _VIEWS = Views([], [], list)  # the images a check worker reads
@@ -306,8 +300,8 @@ def duplicate_pairs(hashes: np.ndarray, thumbs: np.ndarray, pictures: Pictures,
                     limits: Thresholds, workers: int = 1) -> Pairs:
     """Near duplicates (pHash candidates confirmed on the thumbnails' detail) and edited
     copies (view-hash candidates confirmed by registration)."""
-    first, second, scores, _ = confirmed_pairs(hashes, thumbs, limits.near_hamming,
-                                               limits.near_correlation)
+    first, second, scores = confirmed_pairs(hashes, thumbs, limits.near_hamming,
+                                            limits.near_correlation)
     known = set(zip(first.tolist(), second.tolist(), strict=True))
     edited = edited_pairs(pictures, limits, known, workers)
     return Pairs(np.r_[first, edited.first], np.r_[second, edited.second],
@@ -443,7 +437,7 @@ def similarity_clusters(hashes: np.ndarray, thumbs: np.ndarray, max_distance: in
     all their member pairs reaches `min_linkage`, so one chance resemblance cannot chain
     two scans together.
     """
-    first, second, scores, vectors = similar_pairs(
+    first, second, scores, details, rows = similar_pairs(
         hashes, thumbs, max_distance, min_correlation,
         max_distance if far_distance is None else far_distance,
         min_correlation if far_correlation is None else far_correlation)
@@ -454,8 +448,7 @@ def similarity_clusters(hashes: np.ndarray, thumbs: np.ndarray, max_distance: in
         if a == b:
             continue
         group_a, group_b = members.get(a, [a]), members.get(b, [b])
-        linkage = (np.stack([vectors[i] for i in group_a])
-                   @ np.stack([vectors[j] for j in group_b]).T)
+        linkage = details.block(np.searchsorted(rows, group_a), np.searchsorted(rows, group_b))
         if linkage.mean() < min_linkage:
             continue
         keep, drop = min(a, b), max(a, b)

@@ -142,7 +142,7 @@ def view_hashes(grey: np.ndarray) -> ViewHashes:
     """pHashes of every view in every orientation, and the query hashes."""
     box = foreground_box(grey)
     every = _hashes(np.stack([view(grey, number, 32, box) for number in range(len(VIEWS))])
-                    .astype(np.float64))
+                    .astype(np.int16))  # whole grey levels: pHash's exact arithmetic
     values, first = np.unique(every, return_index=True)
     order = np.argsort(first)  # keep the first view and orientation that gave a value
     return ViewHashes(query=every[[n * len(ORIENTATIONS) for n in QUERY_VIEWS]],
@@ -159,13 +159,15 @@ def _robust_correlation(a: np.ndarray, b: np.ndarray, drop: float = 0.05) -> flo
     text on one image does not hide that the rest is the same."""
     if a.size < 100:
         return 0.0
+    a, b = a.astype(np.float64), b.astype(np.float64)
     a = (a - a.mean()) / (a.std() + 1e-6)
     b = (b - b.mean()) / (b.std() + 1e-6)
     residual = np.abs(a - b)
     keep = residual <= np.quantile(residual, 1.0 - drop)
     a, b = a[keep] - a[keep].mean(), b[keep] - b[keep].mean()
-    norm = float(np.sqrt((a @ a) * (b @ b)))
-    return float(a @ b) / norm if norm > 0 else 0.0
+    # NumPy's own pairwise sums, never a BLAS dot: their order is the same on every CPU.
+    norm = float(np.sqrt(np.sum(a * a) * np.sum(b * b)))
+    return float(np.sum(a * b)) / norm if norm > 0 else 0.0
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,17 @@
 
 pHash alone also matches different images (neighbouring MRI slices sit at distance 2 to 8),
 so every candidate pair it proposes is confirmed on the pixels before it counts.
+
+Both are decisions, so both are done in whole numbers: every product and partial sum is
+an integer below 2**53, exact in float64 whatever order a BLAS kernel adds them in. In
+floating point the kernel OpenBLAS picks for the CPU decided which images the study kept:
+a left-right symmetric MRI slice has half its low DCT coefficients at zero, and the
+rounding noise of the sums set their pHash bits (docs/pipeline.md#reproducibility).
 """
 
 from collections.abc import Iterable
-from itertools import combinations
+from dataclasses import dataclass
+from itertools import combinations, pairwise
 from math import comb
 
 import cv2
@@ -20,11 +27,22 @@ from medimg.parallel import process_map
 # parent's OpenCV threads existed waited forever inside connectedComponentsWithStats (seen
 # in the test suite). The work is spread over processes (medimg.parallel) instead.
 cv2.setNumThreads(1)
+# Intel's IPP picks its own code by the CPU (medimg/data/__init__.py caps OpenCV's).
+cv2.ipp.setUseIPP(False)
 
 THUMB_SIZE = 64  # greyscale thumbnail for the pixel checks; pHash uses it at 32x32
 DETAIL_SIGMA = 1.5  # fine detail: the thumbnail minus its blur of this width
 HASH_BITS = 64
-LOW_DCT = dct(np.eye(32), type=2, norm="ortho", axis=0)[:8]  # 8 lowest frequencies of 32
+# The 8 lowest DCT frequencies of 32 in steps of 2**-DCT_BITS: with inputs below 2**10 (a
+# sum of 2x2 grey levels) both products stay below 2**48, so the coefficients are exact.
+DCT_BITS = 16
+LOW_DCT = np.round(dct(np.eye(32), type=2, norm="ortho", axis=0)[:8] * 2**DCT_BITS)
+_SMALL_LIMIT = 1 << 10  # phashes' inputs are below this
+# Fine detail in whole steps of 1/DETAIL_STEPS grey level (|detail| <= 255, so below 2**16):
+# a dot product of two 4096-value details is below 2**44, exact in float64.
+DETAIL_STEPS = 256
+_PIXELS = THUMB_SIZE * THUMB_SIZE
+_BLOCK = 16  # rows of the first images per matrix product in `Details.pair_correlations`
 _MAX_TABLE_BITS = 24  # a dense bucket table of 2**24 entries is 64 MiB of int32
 _PARALLEL_QUERIES = 1 << 17  # fewer queries are not worth starting processes for
 
@@ -43,8 +61,8 @@ def thumbnail(grey: np.ndarray) -> np.ndarray:
 
 def phash(thumb: np.ndarray) -> int:
     """64-bit pHash of a 64x64 thumbnail: signs of the 8x8 lowest DCT frequencies of its
-    32x32 reduction against their median."""
-    small = thumb.astype(np.float64).reshape(32, 2, 32, 2).mean(axis=(1, 3))
+    32x32 reduction (sums of 2x2 pixels) against their median."""
+    small = thumb.astype(np.int64).reshape(32, 2, 32, 2).sum(axis=(1, 3))
     return int(phashes(small[None])[0])
 
 
@@ -59,20 +77,43 @@ def phash_values(texts: Iterable[str]) -> np.ndarray:
 
 
 def phashes(smalls: np.ndarray) -> np.ndarray:
-    """pHash of each of a stack of 32x32 images, as uint64."""
-    low = (LOW_DCT @ smalls @ LOW_DCT.T).reshape(len(smalls), -1)
+    """pHash of each of a stack of 32x32 images of whole numbers from 0 to 1023, as
+    uint64; exact, so the same bits on every CPU (ties with the median count as below)."""
+    if not np.issubdtype(smalls.dtype, np.integer) or (
+            smalls.size and not 0 <= int(smalls.min()) <= int(smalls.max()) < _SMALL_LIMIT):
+        raise ValueError(f"phashes takes whole numbers from 0 to {_SMALL_LIMIT - 1}")
+    low = (LOW_DCT @ smalls.astype(np.float64) @ LOW_DCT.T).reshape(len(smalls), -1)
     bits = low > np.median(low, axis=1, keepdims=True)
     return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
 
 
+def pearson(dots: np.ndarray, sums: tuple[np.ndarray, np.ndarray],
+            spreads: tuple[np.ndarray, np.ndarray], size: int) -> np.ndarray:
+    """Pearson correlations of pairs of integer vectors of `size` values from their exact
+    dot products, sums and spreads (size x sum of squares - sum**2): the whole-number
+    parts are exact in int64 and the rest is one correctly rounded float64 step each, so
+    every CPU gets the same bits. A vector without spread correlates 0."""
+    covariance = size * np.asarray(dots).astype(np.int64) - sums[0] * sums[1]
+    norm = np.sqrt(spreads[0].astype(np.float64) * spreads[1].astype(np.float64))
+    out = np.zeros(np.broadcast(covariance, norm).shape)
+    return np.divide(covariance, norm, out=out, where=norm > 0)
+
+
+def _spread(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sum and spread (count x sum of squares - sum**2) of each row of an integer matrix."""
+    wide = values.astype(np.int64)
+    sums = wide.sum(axis=1)
+    return sums, values.shape[1] * np.einsum("ij,ij->i", wide, wide) - sums * sums
+
+
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two thumbnails; flat images correlate only with flat ones."""
-    x = a.astype(np.float64).ravel() - a.mean()
-    y = b.astype(np.float64).ravel() - b.mean()
-    norm = float(np.sqrt((x @ x) * (y @ y)))
-    if norm == 0.0:
+    """Pearson correlation of two uint8 thumbnails, exactly rounded; flat images correlate
+    only with flat ones."""
+    x, y = (np.asarray(t, dtype=np.int64).reshape(1, -1) for t in (a, b))
+    (sum_x, spread_x), (sum_y, spread_y) = _spread(x), _spread(y)
+    if spread_x[0] == 0 or spread_y[0] == 0:
         return 1.0 if np.array_equal(a, b) else 0.0
-    return float(x @ y) / norm
+    return float(pearson(x @ y.T, (sum_x, sum_y), (spread_x, spread_y), x.shape[1])[0, 0])
 
 
 def detail_correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -85,24 +126,52 @@ def detail_correlation(a: np.ndarray, b: np.ndarray) -> float:
     """
     if np.array_equal(a, b):
         return 1.0
-    return correlation(detail_of(a), detail_of(b))
+    return float(Details.of(np.stack([a, b])).pair_correlations(np.array([0]), np.array([1]))[0])
 
 
-def detail_of(thumb: np.ndarray) -> np.ndarray:
-    """Fine detail of a thumbnail: the thumbnail minus its blur."""
-    values = thumb.astype(np.float64)
-    return values - gaussian_filter(values, sigma=DETAIL_SIGMA)
+@dataclass(frozen=True)
+class Details:
+    """The fine detail of thumbnails (each minus its blur) in whole steps of
+    1/DETAIL_STEPS grey level, one row each, with each row's sum and spread: what
+    `pearson` needs for exact correlations."""
 
+    values: np.ndarray  # int32 (n, THUMB_SIZE**2)
+    sums: np.ndarray  # int64 (n,)
+    spreads: np.ndarray  # int64 (n,)
 
-def detail_vectors(thumbs: np.ndarray) -> np.ndarray:
-    """Each thumbnail's fine detail as a unit vector, so that a dot product is the two
-    thumbnails' `detail_correlation` (unless they are identical: that scores 1)."""
-    values = thumbs.astype(np.float32)
-    blurred = gaussian_filter(values, sigma=(0, DETAIL_SIGMA, DETAIL_SIGMA))
-    detail = (values - blurred).reshape(len(thumbs), THUMB_SIZE * THUMB_SIZE)
-    detail -= detail.mean(axis=1, keepdims=True)
-    norms = np.sqrt(np.einsum("ij,ij->i", detail, detail))[:, None]
-    return np.divide(detail, norms, out=np.zeros_like(detail), where=norms > 0)
+    @classmethod
+    def of(cls, thumbs: np.ndarray) -> "Details":
+        values = thumbs.astype(np.float64)
+        blurred = gaussian_filter(values, sigma=(0, DETAIL_SIGMA, DETAIL_SIGMA))
+        steps = np.rint((values - blurred) * DETAIL_STEPS).astype(np.int32)
+        steps = steps.reshape(len(thumbs), _PIXELS)
+        return cls(steps, *_spread(steps))
+
+    @property
+    def blank(self) -> np.ndarray:
+        """Rows without detail: such a thumbnail matches only its twin."""
+        return self.spreads == 0
+
+    def block(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """Correlations of every row in `rows` with every row in `columns`."""
+        dots = self.values[rows].astype(np.float64) @ self.values[columns].astype(np.float64).T
+        return pearson(dots, (self.sums[rows][:, None], self.sums[columns][None]),
+                       (self.spreads[rows][:, None], self.spreads[columns][None]), _PIXELS)
+
+    def pair_correlations(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """Correlation of rows first[k] and second[k] for every k. Pairs are taken by
+        blocks of _BLOCK first rows, each one matrix product against the union of their
+        partners: far less memory traffic than gathering both rows of every pair."""
+        order = np.argsort(first, kind="stable")
+        first_sorted, second_sorted = first[order], second[order]
+        heads = np.unique(first_sorted)[::_BLOCK]
+        bounds = np.r_[np.searchsorted(first_sorted, heads), len(first_sorted)]
+        scores = np.empty(len(first), dtype=np.float64)
+        for start, stop in pairwise(bounds):
+            rows, at_row = np.unique(first_sorted[start:stop], return_inverse=True)
+            columns, at_column = np.unique(second_sorted[start:stop], return_inverse=True)
+            scores[order[start:stop]] = self.block(rows, columns)[at_row, at_column]
+        return scores
 
 
 def _band_plan(queries: int, entries: int, max_distance: int) -> tuple[int, int]:

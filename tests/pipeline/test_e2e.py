@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import METRIC_TOLERANCE, OOD_TOLERANCE, VERIFIED_VENDORS
+from conftest import HAS_AVX2, LOCK_CPU, METRIC_TOLERANCE, OOD_TOLERANCE, SHIFT_TOLERANCE
 
 pytestmark = pytest.mark.e2e
 
@@ -179,6 +179,14 @@ def test_stage_reproduces_the_committed_lock(fresh_clone: Path, repo: Path, stag
     assert lock_outs(fresh_clone / "dvc.lock", stage) == lock_outs(repo / "dvc.lock", stage)
 
 
+@pytest.mark.skipif(not HAS_AVX2, reason="the data stages' bytes hold on x86_64 CPUs with AVX2")
+@pytest.mark.parametrize("stage", ["dedup", "split", "prepare"])
+def test_data_stage_reproduces_the_committed_lock_on_every_x86_64_cpu(
+        fresh_clone: Path, repo: Path, stage: str) -> None:
+    # Intel and AMD alike: their decisions are exact (tests/data/test_cpu_dispatch.py).
+    assert lock_outs(fresh_clone / "dvc.lock", stage) == lock_outs(repo / "dvc.lock", stage)
+
+
 MODEL_OUTPUTS = {"train": ["models/model.safetensors", "models/model.json"],
                  "ood": ["models/ood.safetensors"],
                  "evaluate": ["metrics/predictions.csv", "metrics/evaluate.json"],
@@ -186,21 +194,21 @@ MODEL_OUTPUTS = {"train": ["models/model.safetensors", "models/model.json"],
 
 
 def byte_identical_cpu(clone: Path) -> str | None:
-    """Why the committed hashes need not hold on the CPU that trained in CLONE, or None
-    where they must: the CPUs on which byte-identical outputs were verified natively."""
+    """Why the committed model hashes need not hold on the CPU that trained in CLONE, or
+    None where they must: the CPU class (vendor and instruction sets) that wrote them."""
     cpu = json.loads((clone / "metrics/report/train.json").read_text())["cpu"]
-    if cpu["machine"].lower() not in ("x86_64", "amd64") or "avx2" not in cpu["instruction_sets"]:
-        return f"the pins cover x86_64 CPUs with AVX2; this is {cpu['model']} ({cpu['machine']})"
-    if cpu["vendor"] not in VERIFIED_VENDORS:
-        return (f"byte-identical outputs were verified natively on {', '.join(VERIFIED_VENDORS)}"
-                f" CPUs only; this is {cpu['model']} ({cpu['vendor']})")
+    vendor, instruction_sets = LOCK_CPU
+    if (cpu["vendor"], tuple(cpu["instruction_sets"])) != (vendor, instruction_sets):
+        return (f"the lock's model bytes were written on a {vendor} CPU with "
+                f"{', '.join(instruction_sets)}; this is {cpu['model']} ({cpu['vendor']}; "
+                f"{', '.join(cpu['instruction_sets'])}), held to the figures instead")
     return None
 
 
 def test_trained_weights_and_predictions_reproduce_the_committed_lock(fresh_clone: Path,
                                                                      repo: Path) -> None:
-    # medimg.devices.reproducible_cpu pins oneDNN, PyTorch's kernels, MKL and the threads,
-    # so the CPU's own instruction sets and vendor no longer choose the arithmetic.
+    # medimg.devices.reproducible_cpu pins oneDNN, PyTorch's kernels, MKL and the threads;
+    # still, an AMD EPYC and an Intel Xeon write different weights (issue 40).
     reason = byte_identical_cpu(fresh_clone)
     if reason:
         pytest.skip(reason)
@@ -230,7 +238,8 @@ def test_headline_figures_stay_within_tolerance_of_the_committed_ones(fresh_clon
                         for root in (fresh_clone, repo))
     assert fresh.keys() == committed.keys()
     for name, value in committed.items():
-        tolerance = OOD_TOLERANCE if name.startswith("ood_") else METRIC_TOLERANCE
+        tolerance = (OOD_TOLERANCE if name.startswith("ood_") else
+                     SHIFT_TOLERANCE if name == "shift_auc" else METRIC_TOLERANCE)
         assert abs(fresh[name] - value) <= tolerance, (name, fresh[name], value)
 
 

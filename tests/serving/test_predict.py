@@ -127,3 +127,14 @@ def test_a_folder_without_a_model_is_a_one_line_error(tmp_path) -> None:
     save(tmp_path / "x.png", picture(1, True))
     with pytest.raises(ModelError, match=f"--model {tmp_path}: no model.json"):
         predict.main([str(tmp_path / "x.png"), "--model", str(tmp_path)])
+
+
+def test_medimg_help_goes_to_standard_output_and_errors_to_standard_error(capsys) -> None:
+    from medimg.cli import dispatch
+
+    assert dispatch(["--help"]) == 0
+    shown = capsys.readouterr()
+    assert "medimg predict PATH" in shown.out and shown.err == ""
+    assert dispatch(["nonsense"]) == 2
+    shown = capsys.readouterr()
+    assert "medimg predict PATH" in shown.err and shown.out == ""
