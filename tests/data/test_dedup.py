@@ -160,7 +160,10 @@ def test_jpeg_reencoding_is_not_an_exact_or_pixel_duplicate(tmp_path, monkeypatc
     save(raw / "a/orig.png", np.stack([smooth] * 3, axis=2))
     Image.open(raw / "a/orig.png").save(raw / "a/copy.jpg", quality=95)
     counts, _ = run_dedup()
-    assert counts["kept"] == 3
+    assert counts["exact_duplicates"] == counts["pixel_duplicates"] == 0
+    # A ramp has almost no fine detail: whether the near level takes the copy is its own
+    # business (with exact pHash arithmetic the two hash alike and it does).
+    assert counts["kept"] + counts["near_duplicates"] == 3 and counts["kept"] >= 2
 
 
 def textured(seed: int, size: int = 128) -> np.ndarray:
