@@ -96,10 +96,12 @@ def reference(reference_run: Path) -> dict[str, str]:
 def test_dedup_and_split_write_the_same_bytes_under_every_blas_kernel(
         sample: Path, reference: dict[str, str], tmp_path: Path, core_type: str) -> None:
     env = {"OPENBLAS_CORETYPE": core_type}
-    used = kernel_in_use(env)
-    if used.lower() != core_type.lower():
-        pytest.skip(f"OpenBLAS runs {used} when asked for {core_type} on this CPU")
-    assert data_stages(sample, tmp_path, env) == reference
+    used, default = kernel_in_use(env), kernel_in_use({})
+    if used == default and core_type.lower() != default.lower():
+        pytest.skip(f"this OpenBLAS does not run {core_type} here: it runs {default}")
+    # Some requests run a kernel of another name (Zen's is Haswell's): still a run to check.
+    assert data_stages(sample, tmp_path, env) == reference, f"{core_type} ran {used}"
+
 
 
 def test_dedup_and_split_write_the_same_bytes_with_numpy_dispatch_capped(
