@@ -1,11 +1,15 @@
-"""What each CPU kernel pin of `medimg.devices.reproducible_cpu` changes and costs.
+"""What each CPU kernel pin of `medimg.devices.reproducible_cpu`, and OpenCV's
+(`medimg.OPENCV_PINS`), changes and costs.
 
 Runs the real train stage (`stages/train.py`, default params) in a scratch copy of the
 workspace, once with every pin and once with each kernel family left to pick its code by
 the CPU, repeated and interleaved so that machine noise falls on every variant alike. For
 each run: the train stage's wall time, its training seconds and the md5 of the weights.
+Then one run on each code path a CPU may be given (IPP's SSE4.2, AVX2 and AVX-512 paths;
+OpenCV's own code without AVX-512).
 
-Then the cross-vendor check, where a C compiler is at hand: MKL picks its code path by CPU
+Then, on a CPU that is not Intel's and where a C compiler is at hand, the cross-vendor
+check: MKL picks its code path by CPU
 vendor, and a two-line shim loaded with LD_PRELOAD answers MKL's "is this an Intel CPU?"
 with yes, so that this machine's real hardware runs the branches an Intel CPU would run
 (AVX-512, or AVX2 with MKL_ENABLE_INSTRUCTIONS=AVX2). With `--qemu`, a few training steps
@@ -30,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from medimg import OPENCV_PINS
 from medimg.devices import CPU_PINS, cpuinfo
 from medimg.docs import results_file
 from medimg.io import write_json
@@ -42,6 +47,16 @@ NEEDED = ["data/prepared", "models/pretrained"]
 INTEL_SHIM = ("int mkl_serv_intel_cpu_true(void) { return 1; }\n"
               "int mkl_serv_intel_cpu(void) { return 1; }\n")
 QEMU_CPUS = ("Haswell", "EPYC-Rome")
+# OpenCV's own AVX-512 code, switched off, as on a CPU with AVX2 only.
+OPENCV_AVX512 = "AVX512_SKX,AVX512_COMMON,AVX512_ICL,AVX512_CLX,AVX512_CNL,AVX512_KNL,AVX512_KNM"
+# The code paths a CPU may be given, one run each: where two paths give the same weights,
+# CPUs that get either agree.
+DISPATCH_LEVELS = {
+    "IPP on, its SSE4.2 path": {"OPENCV_IPP": "sse42"},
+    "IPP on, its AVX2 path": {"OPENCV_IPP": "avx2"},
+    "IPP on, its AVX-512 path": {"OPENCV_IPP": "avx512"},
+    "IPP off, OpenCV's own code without AVX-512": {"OPENCV_CPU_DISABLE": OPENCV_AVX512},
+}
 # A few training steps of the default model, for the qemu runs (the whole stage would take
 # hours under emulation). Prints the md5 of the weights after them.
 PROBE = """
@@ -165,6 +180,11 @@ def cpu_pins_markdown(root: Path) -> str:
                      f"{'' if cost is None else f'{cost:+.1f}'} | "
                      f"{', '.join(md5[:8] for md5 in row['md5'])} | "
                      f"{'yes' if row['same_weights_as_all_pins'] else 'no'} |")
+    lines += ["", "The code paths a CPU may be given, one run each:", "",
+              "| code path | weights md5 | same weights as with all pins |", "|---|---|---|"]
+    lines += [f"| {name} | {row['md5'][0][:8]} | "
+              f"{'yes' if row['same_weights_as_all_pins'] else 'no'} |"
+              for name, row in bench["dispatch_levels"].items()]
     if bench["intel_mkl_branches"]:
         lines += ["", f"MKL's Intel branches on the same hardware ({bench['intel_mkl_note']}):",
                   "", "| MKL branch | weights md5 | same weights as with all pins |",
@@ -190,9 +210,11 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     natural = natural_aten_capability()
-    unpinned = {"ONEDNN_MAX_CPU_ISA": "ALL", "ATEN_CPU_CAPABILITY": natural, "MKL_CBWR": ""}
+    unpinned = {"ONEDNN_MAX_CPU_ISA": "ALL", "ATEN_CPU_CAPABILITY": natural, "MKL_CBWR": "",
+                "OPENCV_IPP": ""}
+    pins = {**CPU_PINS, **OPENCV_PINS}
     variants = {"all pins": {},
-                **{f"all but {name}": {name: unpinned[name]} for name in CPU_PINS},
+                **{f"all but {name}": {name: unpinned[name]} for name in pins},
                 "no pins": unpinned}
     with tempfile.TemporaryDirectory() as scratch_dir:
         work = workspace(Path(scratch_dir))
@@ -205,7 +227,10 @@ def main() -> None:
         reference = runs["all pins"][0]["md5"]
         native = {name: summarise(done, reference) for name, done in runs.items()}
         add_pin_costs(native)
-        shim = intel_shim(work)
+        levels = {name: summarise([train_once(work, overrides)], reference)
+                  for name, overrides in DISPATCH_LEVELS.items()}
+        intel_cpu = cpuinfo().get("vendor_id") == "GenuineIntel"
+        shim = None if intel_cpu else intel_shim(work)
         emulated = {}
         if shim is not None:
             intel = {"LD_PRELOAD": str(shim)}
@@ -234,11 +259,13 @@ def main() -> None:
         "machine": {"model": info.get("model name", ""), "vendor": info.get("vendor_id", ""),
                     "avx512f": "avx512f" in flags, "avx2": "avx2" in flags,
                     "cores": os.cpu_count(), "natural_aten_capability": natural},
-        "pins": CPU_PINS, "unpinned": unpinned, "repeats": args.repeats,
-        "native": native,
+        "pins": pins, "unpinned": unpinned, "repeats": args.repeats,
+        "native": native, "dispatch_levels": levels,
         "intel_mkl_branches": emulated,
-        "intel_mkl_note": "real hardware; only MKL's vendor check is answered 'Intel', by "
-                          "an LD_PRELOAD shim" if emulated else "no C compiler: not run",
+        "intel_mkl_note": ("real hardware; only MKL's vendor check is answered 'Intel', by "
+                           "an LD_PRELOAD shim" if emulated else
+                           "not run: an Intel CPU runs MKL's Intel branches itself" if intel_cpu
+                           else "no C compiler: not run"),
         "qemu_probe": qemu,
         "wall_seconds": round(time.perf_counter() - started, 1)})
     print(f"wrote {RESULTS}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from medimg import OPENCV_PINS
 from medimg.errors import ParamsError
 
 
@@ -81,7 +82,7 @@ def cpu_record() -> dict:
             "model": info.get("model name", platform.processor()),
             "instruction_sets": [flag for flag in SIMD_FLAGS if flag in flags],
             "threads": torch.get_num_threads(),
-            "pins": {name: os.environ.get(name) for name in CPU_PINS},
+            "pins": {name: os.environ.get(name) for name in {**CPU_PINS, **OPENCV_PINS}},
             "aten_capability": torch.backends.cpu.get_cpu_capability(),
             "torch": torch.__version__}
 

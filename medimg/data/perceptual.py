@@ -27,8 +27,6 @@ from medimg.parallel import process_map
 # parent's OpenCV threads existed waited forever inside connectedComponentsWithStats (seen
 # in the test suite). The work is spread over processes (medimg.parallel) instead.
 cv2.setNumThreads(1)
-# Intel's IPP picks its own code by the CPU (medimg/data/__init__.py caps OpenCV's).
-cv2.ipp.setUseIPP(False)
 
 THUMB_SIZE = 64  # greyscale thumbnail for the pixel checks; pHash uses it at 32x32
 DETAIL_SIGMA = 1.5  # fine detail: the thumbnail minus its blur of this width

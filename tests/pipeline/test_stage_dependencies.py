@@ -24,10 +24,20 @@ def imported_modules(source: Path, root: Path) -> set[Path]:
         else:
             continue
         for name in names:
-            path = root.joinpath(*name.split(".")).with_suffix(".py")
-            if name.split(".")[0] == PACKAGE and path.is_file():
+            parts = name.split(".")
+            path = root.joinpath(*parts).with_suffix(".py")
+            if parts[0] == PACKAGE and path.is_file():
                 found.add(path)
+                found |= package_inits(root, parts[:-1])
     return found
+
+
+def package_inits(root: Path, packages: list[str]) -> set[Path]:
+    """The `__init__.py` files Python runs before a module of these nested packages: each
+    one that holds code is a dependency too (medimg/__init__.py pins OpenCV's kernels)."""
+    inits = (root.joinpath(*packages[:depth], "__init__.py")
+             for depth in range(1, len(packages) + 1))
+    return {init for init in inits if init.is_file() and init.read_text().strip()}
 
 
 def code_dependencies(script: Path, root: Path) -> set[Path]:
@@ -78,3 +88,20 @@ def test_an_import_added_without_its_dependency_is_caught(tmp_path: Path) -> Non
 
     script.write_text("import json\n")  # both imports gone: io.py is declared for nothing
     assert undeclared_and_unused(tmp_path) == {"report": (set(), {"medimg/io.py"})}
+
+
+def test_a_package_init_that_holds_code_is_a_dependency(tmp_path: Path) -> None:
+    package = tmp_path / PACKAGE
+    (package / "data").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "data" / "__init__.py").write_text("")
+    (package / "data" / "walk.py").write_text("import json\n")
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "report.py").write_text("from medimg.data import walk\n")
+    stage = {"cmd": "python stages/report.py",
+             "deps": ["stages/report.py", "medimg/data/walk.py"]}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"report": stage}}))
+    assert undeclared_and_unused(tmp_path) == {"report": (set(), set())}
+
+    (package / "__init__.py").write_text("import os\nos.environ['A'] = 'b'\n")
+    assert undeclared_and_unused(tmp_path) == {"report": ({"medimg/__init__.py"}, set())}
