@@ -10,25 +10,33 @@ import sys
 import pytest
 
 from conftest import HAS_AVX2, REPO
+from medimg import OPENCV_PINS
 from medimg.devices import CPU_PINS, cpuinfo
 
-# What a stage does: its imports, then the pins, then the model's kinds of work (a
-# convolution large enough for oneDNN, a matmul for MKL); prints what the CPU record says.
+PINS = {**CPU_PINS, **OPENCV_PINS}
+
+# What a stage does: its imports (OpenCV's before medimg's), then the pins, then the
+# model's kinds of work (a convolution large enough for oneDNN, a matmul for MKL); prints
+# what the CPU record says, and whether IPP is on in this thread and in another.
 STAGE = """
-import json
-import pandas, timm, torch
+import json, threading
+import albumentations, cv2, pandas, timm, torch
 from dvclive import Live
 from medimg.devices import cpu_record, reproducible_cpu
 reproducible_cpu(3)
 torch.nn.functional.conv2d(torch.ones(8, 32, 32, 32), torch.ones(64, 32, 3, 3))
 torch.nn.functional.linear(torch.ones(4, 64), torch.ones(2, 64))
-print(json.dumps(cpu_record()))
+ipp = []
+worker = threading.Thread(target=lambda: ipp.append(cv2.ipp.useIPP()))  # as OpenCV's pool
+worker.start()
+worker.join()
+print(json.dumps({**cpu_record(), "ipp": [cv2.ipp.useIPP(), *ipp]}))
 """
 
 
 def run_stage(**environment: str) -> tuple[dict, str]:
     """The STAGE snippet in a fresh process; its CPU record and its verbose output."""
-    env = {key: value for key, value in os.environ.items() if key not in CPU_PINS}
+    env = {key: value for key, value in os.environ.items() if key not in PINS}
     env.update(MKL_VERBOSE="1", ONEDNN_VERBOSE="1", **environment)
     result = subprocess.run([sys.executable, "-c", STAGE], cwd=REPO / "stages", env=env,
                             capture_output=True, text=True, check=True)
@@ -38,7 +46,8 @@ def run_stage(**environment: str) -> tuple[dict, str]:
 @pytest.mark.skipif(not HAS_AVX2, reason="the pins cap x86_64 kernels at AVX2")
 def test_every_kernel_family_runs_its_pinned_code_after_the_stage_imports() -> None:
     record, verbose = run_stage()
-    assert record["pins"] == CPU_PINS
+    assert record["pins"] == PINS
+    assert record["ipp"] == [False, False]  # OpenCV's own code, in every thread
     assert record["aten_capability"] == "AVX2"  # PyTorch's own kernels
     assert "isa:Intel AVX2" in verbose  # oneDNN's convolutions
     assert "CNR:COMPATIBLE" in verbose and "CNR:OFF" not in verbose  # MKL's matmuls
@@ -48,7 +57,7 @@ def test_every_kernel_family_runs_its_pinned_code_after_the_stage_imports() -> N
 @pytest.mark.skipif(not HAS_AVX2, reason="the pins cap x86_64 kernels at AVX2")
 def test_a_pin_already_in_the_environment_wins_and_the_record_says_so() -> None:
     record, verbose = run_stage(MKL_CBWR="AUTO")
-    assert record["pins"] == {**CPU_PINS, "MKL_CBWR": "AUTO"}
+    assert record["pins"] == {**PINS, "MKL_CBWR": "AUTO"}
     assert "CNR:AUTO" in verbose
 
 
