@@ -44,6 +44,14 @@ NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
 Bool = Annotated[bool, Field(strict=True)]
 
 
+def _switch_words(value: object) -> object:
+    # YAML reads an unquoted `off` / `on` as a boolean.
+    return {False: "off", True: "on"}.get(value, value) if isinstance(value, bool) else value
+
+
+Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch_words)]
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -54,6 +62,12 @@ class DataParams(Section):
     groups_file: str | None = None
     group_regex: str | None = None
     ignore_classes: list[str] = []
+    labels_file: str | None = None
+    key_file: str = "pseudonym.key"
+    volume_plane: Literal["axial", "coronal", "sagittal"] = "axial"
+    slice_step: PositiveInt = 1
+    slice_central: Annotated[Number, Field(gt=0.0, le=1.0)] = 1.0
+    slice_min_foreground: Fraction = 0.0
 
 
 class SampleParams(Section):
@@ -76,7 +90,7 @@ class DedupParams(Section):
     edit_hamming: Annotated[int, Field(strict=True, ge=0, le=64)]
     edit_correlation: Fraction
     crop_correlation: Fraction
-    similarity: Literal["auto", "on", "off"]
+    similarity: Switch
     similar_hamming: Annotated[int, Field(strict=True, ge=0, le=64)]
     similar_correlation: Fraction
     similar_far_hamming: Annotated[int, Field(strict=True, ge=0, le=64)]

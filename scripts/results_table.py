@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import (
+    clinical_benchmark,
     cpu_pins_benchmark,
     dedup_benchmark,
     dvc_benchmark,
@@ -51,6 +52,7 @@ RENDERERS: dict[str, dict[str, Callable[[Path], str]]] = {
                           "real-shift": run.shift_markdown,
                           "task-b-experiments-detail": experiments.experiments_detail_markdown},
     "benchmarks/README.md": {"dedup-benchmark": dedup_benchmark.dedup_markdown,
+                             "clinical-benchmark": clinical_benchmark.clinical_markdown,
                              "loader-benchmark": loader_benchmark.loader_markdown,
                              "train-benchmark": train_benchmark.train_markdown,
                              "gpu-stage-check": stage_check.stage_check_markdown,

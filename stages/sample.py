@@ -3,10 +3,12 @@
 Brain MRI slices come from nilearn's MNI152 T1 template and nibabel's example4d fMRI
 volume; histopathology tiles from stardist's H&E `histo.jpg` and scikit-image's `ihc.png`.
 Each image gets a group id (volume + plane + slab, or image + region) in groups.csv, so
-the split can keep correlated images together. When data.raw_dir points at other data,
+the split can keep correlated images together; pseudonym.key holds the fixed key of
+their pseudonyms. When data.raw_dir points at other data,
 the stage costs nothing: it writes only a note saying why no sample was built.
 """
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.resources import files
@@ -17,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from medimg.data.volumes import brain_slices
+from medimg.data.volumes import brain_slices, to_uint8
 from medimg.errors import run
 from medimg.io import atomic_dir
 from medimg.params import SampleParams, load_params
@@ -26,6 +28,9 @@ OUT_DIR = Path("data/sample")
 GROUPS_FILE = "groups.csv"
 MRI_CLASS = "mri"
 HISTO_CLASS = "breast_histo"
+# The key of the sample's pseudonyms (medimg.data.pseudonyms): fixed, so that the sample
+# reproduces; its group ids are public anyway.
+SAMPLE_KEY = hashlib.sha256(b"medimg sample").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -50,13 +55,6 @@ def histo_paths() -> dict[str, Path]:
         "stardist_histo": Path(str(files("stardist") / "data" / "images" / "histo.jpg")),
         "skimage_ihc": Path(str(files("skimage") / "data" / "ihc.png")),
     }
-
-
-def to_uint8(volume: np.ndarray) -> np.ndarray:
-    """Scale a volume to 0..255 by its 99.5th percentile, so one hot voxel cannot darken it."""
-    volume = volume.astype(np.float64)
-    top = float(np.percentile(volume, 99.5))
-    return np.clip(np.rint(volume / max(top, 1e-9) * 255.0), 0, 255).astype(np.uint8)
 
 
 def slab_of(index: int, slab_size: int, slab_gap: int) -> int | None:
@@ -126,9 +124,10 @@ def histo_images(params: SampleParams) -> Iterator[SampleImage]:
         yield from image_tiles(pixels, name, params)
 
 
-def write_sample(out_dir: Path, params: SampleParams) -> pd.DataFrame:
+def write_sample(out_dir: Path, params: SampleParams, key_file: str) -> pd.DataFrame:
     rows = []
     with atomic_dir(out_dir) as tmp:
+        (tmp / key_file).write_text(SAMPLE_KEY + "\n", encoding="ascii")
         for item in [*mri_images(params), *histo_images(params)]:
             target = tmp / item.relpath
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +146,7 @@ def main() -> None:
                 f"No sample was built: data.raw_dir is {params.data.raw_dir}.\n")
         print(f"sample: skipped, data.raw_dir is {params.data.raw_dir}")
         return
-    table = write_sample(OUT_DIR, params.sample)
+    table = write_sample(OUT_DIR, params.sample, params.data.key_file)
     counts = table.groupby(table["path"].str.split("/").str[0]).size().to_dict()
     print(f"sample: wrote {len(table)} images in {table['group'].nunique()} groups: {counts}")
 

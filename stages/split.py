@@ -52,6 +52,20 @@ def split_table(table: pd.DataFrame, classes: list[str]) -> dict:
     return report
 
 
+def group_sources(table: pd.DataFrame) -> dict:
+    """For each source of the images (the folders above the class folder, or a manifest's
+    split), how its split groups were found: images and groups per group source, and the
+    patients (from the headers) it holds."""
+    report = {}
+    for origin, part in table.groupby("origin"):
+        sources = part.groupby("group_source")["group"].agg(["size", "nunique"])
+        report[origin or "(all)"] = {
+            "patients": int(part.loc[part["patient"] != "", "patient"].nunique()),
+            **{name: {"images": int(row["size"]), "groups": int(row["nunique"])}
+               for name, row in sources.iterrows()}}
+    return report
+
+
 def test_copies(duplicates: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     """Images removed by dedup whose kept copy is in the test split but that came from
     elsewhere: the training copies of test images."""
@@ -91,8 +105,9 @@ def review(raw_dir: Path, pairs: pd.DataFrame, max_pixels: int) -> None:
 
 def main() -> None:
     params = load_params()
-    table = pd.read_csv(DEDUP / "catalog.csv", dtype={"group": str, "origin": str},
-                        keep_default_na=False)
+    table = pd.read_csv(DEDUP / "catalog.csv", dtype=str, keep_default_na=False)
+    for column in ("label", "width", "height"):
+        table[column] = table[column].astype(int)
     thumbs = np.load(DEDUP / "thumbs.npy")
     split = params.split
     table["split"] = assign_splits(table, split.val, split.test, split.seed, split.folds,
@@ -106,6 +121,7 @@ def main() -> None:
         raise SplitError(f"split: {len(offenders)} leaks across splits: {listing}")
     report = split_table(table, params.classes)
     report["overlap"] = overlap
+    report["groups_from"] = group_sources(table)
     if not params.dedup.enabled:  # the leaky baseline: measured, not refused
         leaked = leaked_test_images(table, offenders)
         report["leaks"] = {"pairs": len(offenders),
@@ -136,7 +152,9 @@ def main() -> None:
     write_csv(OUT_DIR / "leaks.csv", offenders)
     write_csv(OUT_DIR / "leaked_test.csv", leaked)
     write_json(REPORT, report)
-    write_json(METRICS, {name: report[name]["n"] for name in SPLITS})
+    write_json(METRICS, {**{name: report[name]["n"] for name in SPLITS},
+                         "patients_across_splits": overlap["patient"],
+                         "series_across_splits": overlap["series"]})
     print("split: " + ", ".join(f"{s} {report[s]['n']} ({report[s]['per_class']})"
                                 for s in SPLITS) + f", excluded {report[EXCLUDED]}")
 

@@ -31,7 +31,7 @@ from medimg.data.edits import (
 )
 from medimg.data.features import Candidate, LocalFeatures, candidate_pairs, local_features
 from medimg.data.hashing import file_sha256, pixel_sha256
-from medimg.data.images import ImageError, check_min_side, load_image
+from medimg.data.images import ImageError, check_min_side, load_image, split_address
 from medimg.data.perceptual import (
     THUMB_SIZE,
     Details,
@@ -86,37 +86,51 @@ def describe_all(raw_dir: Path, paths: list[str], min_side: int, max_pixels: int
 
 
 class UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
+    """Joined items (group names, or row numbers); the smallest of each set is its root."""
 
-    def find(self, item: str) -> str:
+    def __init__(self) -> None:
+        self.parent: dict = {}
+
+    def find(self, item: str | int) -> str | int:
         root = self.parent.setdefault(item, item)
         while root != self.parent[root]:
             root = self.parent[root]
         self.parent[item] = root
         return root
 
-    def union(self, a: str, b: str) -> None:
+    def union(self, a: str | int, b: str | int) -> None:
         # The smaller name becomes the root, so group ids do not depend on visit order.
         root_a, root_b = sorted((self.find(a), self.find(b)))
         self.parent[root_b] = root_a
 
 
-def assign_groups(paths: pd.Series, groups_table: pd.DataFrame | None,
-                  group_regex: str | None) -> tuple[pd.Series, pd.Series]:
-    """Group id and its origin per path: groups file, regex, or the image alone."""
+def assign_groups(paths: pd.Series, data_groups: pd.DataFrame,
+                  groups_table: pd.DataFrame | None, group_regex: str | None,
+                  pseudonyms: Callable[[str, str], str]) -> tuple[pd.Series, pd.Series]:
+    """Group id and its origin per path, the first found of: the groups file (a frame or
+    slice takes its file's row), the manifest's `group` column, the data's own groups
+    (`data_groups`: `group` and `group_source` per path from headers or volumes, "" where
+    none), `group_regex`, and the image alone. Every id but an image's own path is a
+    pseudonym."""
     group = paths.copy()
     source = pd.Series("image", index=paths.index)
     if group_regex:
         found = paths.str.extract(re.compile(group_regex), expand=False)
         found = found.iloc[:, 0] if isinstance(found, pd.DataFrame) else found
         matched = found.notna()
-        group[matched], source[matched] = "re:" + found[matched], "regex"
+        group[matched] = found[matched].map(lambda value: pseudonyms("group", value))
+        source[matched] = "regex"
+    for column, name in (("group", None), ("manifest_group", "manifest")):
+        given = data_groups[column].to_numpy() != ""
+        group[given] = (data_groups[column][given] if name is None else
+                        data_groups[column][given].map(lambda value: pseudonyms("group", value)))
+        source[given] = data_groups["group_source"][given] if name is None else name
     if groups_table is not None:
         lookup = groups_table.set_index("path")["group"]
-        mapped = paths.map(lookup)
+        mapped = paths.map(lambda path: split_address(path)[0].as_posix()).map(lookup)
         listed = mapped.notna()
-        group[listed], source[listed] = "meta:" + mapped[listed], "metadata"
+        group[listed] = mapped[listed].map(lambda value: pseudonyms("group", value))
+        source[listed] = "metadata"
     return group, source
 
 
@@ -232,8 +246,9 @@ def check_all(pictures: Pictures, hypotheses: list[Hypothesis], min_score: float
 
 
 def edited_pairs(pictures: Pictures, limits: "Thresholds", known: set[tuple[int, int]],
-                 workers: int = 1) -> Pairs:
-    """Pairs proven to be edited copies, other than the `known` (i < j) ones.
+                 workers: int = 1, series: np.ndarray | None = None) -> Pairs:
+    """Pairs proven to be edited copies, other than the `known` (i < j) ones and the
+    slices of one series (`_apart`).
 
     Candidates come from two indexes, never from all pairs. View hashes: an image's
     unturned foreground or frame hash within `edit_hamming` bits of any view hash of
@@ -257,7 +272,8 @@ def edited_pairs(pictures: Pictures, limits: "Thresholds", known: set[tuple[int,
     distance = np.bitwise_count(hashes_q[at_q] ^ hashes_e[at_e])
     frames = (np.asarray(QUERY_VIEWS)[kinds[at_q]] == FRAME) & (codes[at_e] == PLAIN)
     loose_turns = (codes[at_e] % len(ORIENTATIONS) != 0) & (distance > TURNED_HAMMING)
-    keep = (owners_q[at_q] != owners_e[at_e]) & ~frames & ~loose_turns
+    keep = ((owners_q[at_q] != owners_e[at_e]) & ~frames & ~loose_turns
+            & _apart(series, owners_q[at_q], owners_e[at_e]))
     at_q, at_e, distance = at_q[keep], at_e[keep], distance[keep]
     copy, original = owners_q[at_q], owners_e[at_e]
     pair = np.minimum(copy, original) * len(views) + np.maximum(copy, original)
@@ -267,7 +283,10 @@ def edited_pairs(pictures: Pictures, limits: "Thresholds", known: set[tuple[int,
         (int(copy[at]), int(kinds[at_q[at]]), int(original[at]), int(codes[at_e[at]]))
         for at in order[first_of_pair]
         if (min(copy[at], original[at]), max(copy[at], original[at])) not in known]
-    hypotheses += candidate_pairs(pictures.features, known, workers)
+    local = candidate_pairs(pictures.features, known, workers)
+    apart = _apart(series, np.array([c.first for c in local], dtype=np.int64),
+                   np.array([c.second for c in local], dtype=np.int64))
+    hypotheses += [candidate for candidate, keep in zip(local, apart, strict=True) if keep]
     checked = check_all(pictures, hypotheses, limits.edit_correlation,
                         limits.crop_correlation, workers)
     found: dict[tuple[int, int], tuple[int, int, float, str]] = {}
@@ -296,14 +315,27 @@ def _reversed(edit: str) -> str:
     return " ".join(parts)
 
 
+def _apart(series: np.ndarray | None, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Which pairs are not two slices of one series or volume (`series`, "" for an image
+    of its own): only those can be copies."""
+    if series is None:
+        return np.ones(len(first), dtype=bool)
+    return (series[first] == "") | (series[first] != series[second])
+
+
 def duplicate_pairs(hashes: np.ndarray, thumbs: np.ndarray, pictures: Pictures,
-                    limits: Thresholds, workers: int = 1) -> Pairs:
+                    limits: Thresholds, workers: int = 1,
+                    series: np.ndarray | None = None) -> Pairs:
     """Near duplicates (pHash candidates confirmed on the thumbnails' detail) and edited
-    copies (view-hash candidates confirmed by registration)."""
+    copies (view-hash candidates confirmed by registration). Two slices of one series
+    are never copies of each other: they are different acquisitions, and in one split
+    group anyway."""
     first, second, scores = confirmed_pairs(hashes, thumbs, limits.near_hamming,
                                             limits.near_correlation)
+    apart = _apart(series, first, second)
+    first, second, scores = first[apart], second[apart], scores[apart]
     known = set(zip(first.tolist(), second.tolist(), strict=True))
-    edited = edited_pairs(pictures, limits, known, workers)
+    edited = edited_pairs(pictures, limits, known, workers, series)
     return Pairs(np.r_[first, edited.first], np.r_[second, edited.second],
                  np.r_[scores, edited.score],
                  np.r_[np.full(len(first), "none", dtype=object), edited.edit])
@@ -311,16 +343,17 @@ def duplicate_pairs(hashes: np.ndarray, thumbs: np.ndarray, pictures: Pictures,
 
 def _near_representatives(candidates: np.ndarray, hashes: np.ndarray, thumbs: np.ndarray,
                           pictures: Pictures, limits: Thresholds, workers: int,
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                          series: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Near-duplicate representative, score against it and edit for each candidate row.
 
     `candidates` are row numbers in priority order (largest first). Each row, in that
     order, either already belongs to a group or founds one and takes in every unclaimed
     row confirmed against itself. Members are confirmed against the representative,
-    never through a chain of other members.
+    never through a chain of other members. `series` names each row's series or
+    volume (`duplicate_pairs`).
     """
     pairs = duplicate_pairs(hashes[candidates], thumbs[candidates],
-                            pictures.take(candidates), limits, workers)
+                            pictures.take(candidates), limits, workers, series[candidates])
     neighbours: dict[int, list[tuple[int, float, str]]] = {}
     for i, j, score, edit in zip(pairs.first.tolist(), pairs.second.tolist(),
                                  pairs.score.tolist(), pairs.edit.tolist(), strict=True):
@@ -337,6 +370,23 @@ def _near_representatives(candidates: np.ndarray, hashes: np.ndarray, thumbs: np
             if rep[other] < 0:
                 rep[other], score_to_rep[other], edit_from_rep[other] = position, score, edit
     return candidates[rep], score_to_rep, edit_from_rep
+
+
+def _text_column(frame: pd.DataFrame, name: str) -> pd.Series:
+    """A column of DICOM pseudonyms, all "" where the table has none (no DICOM input)."""
+    return frame[name] if name in frame else pd.Series("", index=frame.index)
+
+
+def _first_members(count: int, keys: list[pd.Series]) -> np.ndarray:
+    """For each of `count` rows, the first row it is joined to, rows being joined when they
+    share a value of any key (a missing value joins nothing)."""
+    joined = UnionFind()
+    for key in keys:
+        members = pd.Series(np.arange(count)).groupby(key.to_numpy(), dropna=True).indices
+        for rows in members.values():
+            for row in rows[1:].tolist():
+                joined.union(int(rows[0]), row)
+    return np.array([joined.find(row) for row in range(count)])
 
 
 def _merge_groups(frame: pd.DataFrame, links: list[tuple[str, str]],
@@ -357,7 +407,9 @@ def deduplicate(table: pd.DataFrame, thumbs: np.ndarray, pictures: Pictures,
     Levels: exact (same file bytes), pixel (same decoded pixels), near (pHash within
     `near_hamming` bits, confirmed by thumbnail correlation; or an edited copy: rotated,
     flipped, cropped, padded or captioned, confirmed by registration, with the edit
-    named in the `edit` column). The representative is from
+    named in the `edit` column). Rows with one DICOM SOPInstanceUID (`instance`, a
+    pseudonym; "" where none) are one image however their pixels are encoded: `instance`
+    duplicates. The representative is from
     `prefer_origin` if any member is, then the largest image, then the first path. A group
     whose members carry different classes is removed whole as a label conflict. Split
     groups of merged duplicates are joined.
@@ -370,20 +422,25 @@ def deduplicate(table: pd.DataFrame, thumbs: np.ndarray, pictures: Pictures,
     pictures = pictures.take(priority)
     position = pd.Series(np.arange(len(ordered)))
     exact_rep = position.groupby(ordered["sha256"]).transform("min").to_numpy()
-    pixel_rep = position.groupby(ordered["pixel_sha256"]).transform("min").to_numpy()
+    same_pixels = position.groupby(ordered["pixel_sha256"]).transform("min").to_numpy()
+    instance = _text_column(ordered, "instance")
+    pixel_rep = _first_members(len(ordered), [ordered["pixel_sha256"],
+                                              instance.where(instance != "")])
 
     hashes = phash_values(ordered["phash"])
     unique = np.flatnonzero(pixel_rep == position)
-    near_rep, near_score, near_edit = _near_representatives(unique, hashes, thumbs, pictures,
-                                                            limits, workers)
+    near_rep, near_score, near_edit = _near_representatives(
+        unique, hashes, thumbs, pictures, limits, workers,
+        _text_column(ordered, "series").to_numpy())
     rep, score = np.arange(len(ordered)), np.ones(len(ordered))
     edit = np.full(len(ordered), "", dtype=object)
     rep[unique], score[unique], edit[unique] = near_rep, near_score, near_edit
     final_rep, score = rep[pixel_rep], score[pixel_rep]  # copies follow their pixel rep
     edit = np.where(position != pixel_rep, "", edit[pixel_rep])
 
-    match = np.select([position != exact_rep, position != pixel_rep, position != final_rep],
-                      ["exact", "pixel", "near"], default="kept")
+    match = np.select([position != exact_rep, position != same_pixels,
+                       position != pixel_rep, position != final_rep],
+                      ["exact", "pixel", "instance", "near"], default="kept")
     paths = ordered["path"].to_numpy()
     ordered = ordered.assign(match=match, representative=paths[final_rep],
                              correlation=np.round(score, 4), edit=edit)

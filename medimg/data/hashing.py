@@ -5,21 +5,22 @@ from pathlib import Path
 
 import numpy as np
 
-from medimg.data.images import FRAME_MARK, split_frame
+from medimg.data.images import split_address
 
 _CHUNK = 1 << 20
 
 
 def file_sha256(path: Path | str) -> str:
-    """Hash of the file's bytes; for one frame of a multi-frame DICOM (`path#frame=K`), of
-    the bytes and the frame number, so frames of one file are not exact copies."""
-    file, frame = split_frame(path)
+    """Hash of the file's bytes; for one frame of a multi-frame DICOM (`path#frame=K`) or
+    one slice of a volume (`path#axial=K`), of the bytes and the part, so the frames of
+    one file are not exact copies."""
+    file, part, index = split_address(path)
     digest = hashlib.sha256()
     with file.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
-    if frame is not None:
-        digest.update(f"{FRAME_MARK}{frame}".encode())
+    if part is not None:
+        digest.update(f"#{part}={index}".encode())
     return digest.hexdigest()
 
 

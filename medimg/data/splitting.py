@@ -8,6 +8,8 @@ from medimg.errors import SplitError
 
 SPLITS = ("train", "val", "test")
 EXCLUDED = "excluded"
+# Catalog columns no value of which may be in two splits ("" is no value).
+LEAK_KEYS = ("group", "patient", "series", "sha256", "pixel_sha256")
 
 
 def allocate_groups(labels: np.ndarray, groups: np.ndarray, shares: dict[str, float],
@@ -91,12 +93,15 @@ def _cross_split(split: np.ndarray, first: np.ndarray, second: np.ndarray) -> np
 def leakage(table: pd.DataFrame, thumbs: np.ndarray, near_hamming: int,
             near_correlation: float) -> tuple[dict[str, int], pd.DataFrame]:
     """Counts of what is shared across splits, and the offending pairs, which must be none:
-    group ids, file hashes, pixel hashes, and confirmed near duplicates."""
+    group ids, patients and series (from the headers, whatever grouping was used), file
+    hashes, pixel hashes, and confirmed near duplicates."""
     split = table["split"].to_numpy()
     used = table[table["split"] != EXCLUDED]
     offenders = []
-    for key in ("group", "sha256", "pixel_sha256"):
-        spread = used.groupby(key)["split"].nunique()
+    for key in LEAK_KEYS:
+        if key not in used:
+            continue
+        spread = used[used[key] != ""].groupby(key)["split"].nunique()
         for value in spread.index[spread > 1]:
             rows = used[used[key] == value]
             offenders.append({"kind": key, "a": rows["path"].iat[0], "b": rows["path"].iat[-1],
@@ -111,8 +116,7 @@ def leakage(table: pd.DataFrame, thumbs: np.ndarray, near_hamming: int,
                               "b": table["path"].iat[j], "detail": f"correlation {score:.4f}"})
     found = pd.DataFrame(offenders, columns=["kind", "a", "b", "detail"])
     counts = found["kind"].value_counts()
-    overlap = {kind: int(counts.get(kind, 0))
-               for kind in ("group", "sha256", "pixel_sha256", "near_duplicate")}
+    overlap = {kind: int(counts.get(kind, 0)) for kind in (*LEAK_KEYS, "near_duplicate")}
     return overlap, found
 
 

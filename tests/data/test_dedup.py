@@ -17,6 +17,7 @@ from medimg.data.catalog import Pictures, Thresholds, assign_groups, deduplicate
 from medimg.data.edits import view_hashes
 from medimg.data.features import local_features
 from medimg.data.perceptual import detail_correlation, near_pairs, phash
+from medimg.data.pseudonyms import Pseudonyms
 from medimg.data.walk import walk_dataset
 from medimg.errors import DatasetError, ParamsError
 
@@ -33,14 +34,16 @@ def use_dataset(tmp_path: Path, monkeypatch, classes: list[str], **data) -> Path
 
 
 def run_dedup() -> tuple[dict, dict[str, pd.DataFrame]]:
-    """Run the stage; its counts (without the similarity report) and its tables."""
+    """Run the stage; its counts (without the similarity, series and group-source reports)
+    and its tables."""
     dedup.main()
     tables = {name: pd.read_csv(f"data/dedup/{name}.csv", dtype=str, keep_default_na=False)
               for name in ("catalog", "duplicates", "rejects", "ignored")}
     counts = json.loads(Path("metrics/report/dedup.json").read_text())
     assert json.loads(Path("metrics/dedup.json").read_text()) == {
         "found": counts["found"], "kept": counts["kept"]}
-    counts.pop("similarity")
+    for report in ("similarity", "series", "group_sources"):
+        counts.pop(report)
     return counts, tables
 
 
@@ -57,7 +60,8 @@ def test_exact_pixel_and_conflict_duplicates(tmp_path, monkeypatch) -> None:
     counts, tables = run_dedup()
 
     assert counts == {"found": 7, "kept": 3, "exact_duplicates": 1, "pixel_duplicates": 1,
-                      "near_duplicates": 0, "conflicts": 2, "rejected": 0, "ignored": 0}
+                      "instance_duplicates": 0, "near_duplicates": 0, "conflicts": 2,
+                      "rejected": 0, "ignored": 0}
     catalog = tables["catalog"].set_index("path")
     assert sorted(catalog.index) == ["a/p1_orig.png", "a/p4_other.png", "b/p5_b.png"]
     removed = tables["duplicates"].set_index("path")
@@ -67,8 +71,10 @@ def test_exact_pixel_and_conflict_duplicates(tmp_path, monkeypatch) -> None:
     assert set(removed.index[removed["match"] == "conflict"]) == {
         "a/p6_conflict.png", "b/p7_conflict.png"}
     # The copies' groups are merged into the kept image's group.
-    assert catalog.loc["a/p1_orig.png", "group"] == "re:p1"
-    assert catalog.loc["a/p4_other.png", "group"] == "re:p4"
+    pseudonyms = Pseudonyms(raw / "pseudonym.key")
+    merged = min(pseudonyms("group", name) for name in ("p1", "p2", "p3"))
+    assert catalog.loc["a/p1_orig.png", "group"] == merged
+    assert catalog.loc["a/p4_other.png", "group"] == pseudonyms("group", "p4")
 
 
 def test_representative_is_the_largest_then_first_path(tmp_path, monkeypatch) -> None:
@@ -144,12 +150,21 @@ def test_ignored_class_folders_are_left_out_and_counted(tmp_path, monkeypatch) -
         walk_dataset(raw, ["a", "b"])
 
 
-def test_groups_come_from_metadata_then_regex_then_the_image() -> None:
-    paths = pd.Series(["a/10_idx5_x1.png", "a/11_idx5_x2.png", "a/loose.png"])
-    table = pd.DataFrame({"path": ["a/11_idx5_x2.png"], "group": ["slide-7"]})
-    group, source = assign_groups(paths, table, r"(\d+)_idx5")
-    assert group.tolist() == ["re:10", "meta:slide-7", "a/loose.png"]
-    assert source.tolist() == ["regex", "metadata", "image"]
+def test_groups_come_from_metadata_then_manifest_then_data_then_regex_then_the_image(
+        tmp_path) -> None:
+    paths = pd.Series(["a/10_idx5_x1.png", "a/11_idx5_x2.png", "a/loose.png",
+                       "a/s.dcm#frame=3", "a/12_idx5_v.nii.gz#axial=2", "a/13_idx5_m.png"])
+    table = pd.DataFrame({"path": ["a/11_idx5_x2.png", "a/s.dcm"],
+                          "group": ["slide-7", "scanner-1"]})
+    own = pd.DataFrame({"group": ["", "", "", "patient-x", "subject-y", ""],
+                        "group_source": ["", "", "", "PatientID", "volume", ""],
+                        "manifest_group": ["", "", "", "", "", "case-4"]})
+    pseudonyms = Pseudonyms(tmp_path / "key")
+    group, source = assign_groups(paths, own, table, r"(\d+)_idx5", pseudonyms)
+    assert group.tolist() == [pseudonyms("group", "10"), pseudonyms("group", "slide-7"),
+                              "a/loose.png", pseudonyms("group", "scanner-1"), "subject-y",
+                              pseudonyms("group", "case-4")]
+    assert source.tolist() == ["regex", "metadata", "image", "metadata", "volume", "manifest"]
 
 
 def test_jpeg_reencoding_is_not_an_exact_or_pixel_duplicate(tmp_path, monkeypatch) -> None:
@@ -205,7 +220,8 @@ def test_each_duplicate_level_on_generated_images(tmp_path, monkeypatch) -> None
     assert sorted(tables["catalog"]["path"]) == [
         "a/00_original.png", "a/06_distinct.png", "a/07_distinct.png", "b/10_other.png"]
     assert counts == {"found": 11, "kept": 4, "exact_duplicates": 1, "pixel_duplicates": 1,
-                      "near_duplicates": 3, "conflicts": 2, "rejected": 0, "ignored": 0}
+                      "instance_duplicates": 0, "near_duplicates": 3, "conflicts": 2,
+                      "rejected": 0, "ignored": 0}
 
 
 def test_near_groups_do_not_chain() -> None:

@@ -137,8 +137,10 @@ def test_dedup_catalogs_each_frame_and_finds_a_copied_dicom(tmp_path, monkeypatc
     removed = tables["duplicates"].set_index("path")
     assert {frame_path("mri/copy.dcm", k) for k in range(3)} == set(
         removed.index[removed["match"] == "exact"])
-    assert counts["found"] == 9 and counts["rejected"] == 1
-    assert tables["rejects"]["path"].tolist() == ["photo/broken.dcm"]
+    # A DICOM object without pixels (a report, a key object) is not an image: ignored.
+    assert counts["found"] == 9 and counts["ignored"] == 1
+    assert tables["ignored"].values.tolist() == [
+        ["photo/broken.dcm", "DICOM file holds no image (no Pixel Data)"]]
 
 
 def test_the_service_answers_each_frame_of_an_uploaded_dicom(tiny_model, tmp_path) -> None:

@@ -121,14 +121,16 @@ def test_planted_leaks_are_found_and_named() -> None:
     rng = np.random.default_rng(0)
     thumbs = rng.integers(0, 256, (20, 64, 64), dtype=np.uint8)
     clean, none = leakage(table, thumbs, 8, 0.985)
-    assert clean == {"group": 0, "sha256": 0, "pixel_sha256": 0, "near_duplicate": 0}
+    assert clean == {"group": 0, "patient": 0, "series": 0, "sha256": 0, "pixel_sha256": 0,
+                     "near_duplicate": 0}
     assert none.empty
     table.loc[19, "group"] = table.loc[0, "group"]  # a group in train and test
     table.loc[18, "sha256"] = table.loc[1, "sha256"]  # the same file in train and test
     table.loc[17, "phash"] = table.loc[2, "phash"]  # a near copy in train and test
     thumbs[17] = np.clip(thumbs[2].astype(int) + 3, 0, 255)
     overlap, offenders = leakage(table, thumbs, 8, 0.985)
-    assert overlap == {"group": 1, "sha256": 1, "pixel_sha256": 0, "near_duplicate": 1}
+    assert overlap == {"group": 1, "patient": 0, "series": 0, "sha256": 1, "pixel_sha256": 0,
+                       "near_duplicate": 1}
     pairs = {(row.kind, row.a, row.b) for row in offenders.itertuples()}
     assert pairs == {("group", "img00000.png", "img00019.png"),
                      ("sha256", "img00001.png", "img00018.png"),
