@@ -68,6 +68,7 @@ class DataParams(Section):
     slice_step: PositiveInt = 1
     slice_central: Annotated[Number, Field(gt=0.0, le=1.0)] = 1.0
     slice_min_foreground: Fraction = 0.0
+    labels_per: Literal["image", "patient"] = "image"
 
 
 class SampleParams(Section):

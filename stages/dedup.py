@@ -163,7 +163,7 @@ def main() -> None:
                          data.slice_min_foreground)
     walk = walk_dataset(raw_dir, params.classes, data.class_level, skip=skip,
                         ignore_classes=data.ignore_classes, manifest=manifest, choice=choice,
-                        workers=workers)
+                        workers=workers, labels_per=data.labels_per)
     pseudonyms = Pseudonyms(raw_dir / data.key_file)
     found = data_groups(walk, pseudonyms)
     described = describe_all(raw_dir, [c.path for c in walk.candidates], dedup.min_side,

@@ -76,16 +76,6 @@ def split_address(path: Path | str) -> tuple[Path, str | None, int | None]:
     return Path(match["file"]), match["part"], int(match["index"])
 
 
-def dicom_frame_count(path: Path) -> int:
-    """Frames in a DICOM file, from its header alone; 1 when the header is unreadable
-    (decoding then records why)."""
-    try:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError):
-        return 1
-    return int(header.get("NumberOfFrames") or 1)
-
-
 def is_dicom(source: Path | bytes) -> bool:
     offset, magic = DICOM_MAGIC
     if isinstance(source, bytes):

@@ -40,7 +40,8 @@ def read_key(path: Path, create: bool = True) -> bytes:
         raise DatasetError(f"data.key_file: cannot create {path} ({err.strerror}); create it "
                            f"with: python -c \"import secrets; print(secrets.token_hex(32))\" "
                            f"> {path}") from err
-    print(f"created the pseudonym key {path}: keep it with the data, never in git")
+    print(f"created the pseudonym key {path}: keep it with the data, never in git (where DVC "
+          f"tracks the data folder, `dvc add` it again so that the key travels with it)")
     return key
 
 

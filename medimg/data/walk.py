@@ -185,8 +185,8 @@ def _take_volume(raw_dir: Path, rel: str, label: str, origin: str, group: str,
 
 
 def _labels(files: list[tuple[str, str]], headers: dict[str, Header], manifest: Manifest,
-            ignored: list[tuple[str, str]]) -> dict[str, tuple[str, str, str]]:
-    """(label, origin, group) per file from the manifest; files it does not name are
+            ignored: list[tuple[str, str]]) -> dict[str, tuple[str, str, str, int]]:
+    """(label, origin, group, line) per file from the manifest; files it does not name are
     ignored; a file under two labels, or a row that names no file, stops the walk."""
     index, used, found = by_key(manifest), set(), {}
     for rel, _ in files:
@@ -201,7 +201,7 @@ def _labels(files: list[tuple[str, str]], headers: dict[str, Header], manifest: 
             raise DatasetError(f"data.labels_file: {manifest.path} lines {lines}: {rel} is "
                                f"under two labels")
         used.update(row.line for row in rows)
-        found[rel] = (rows[0].label, rows[0].split, rows[0].group)
+        found[rel] = (rows[0].label, rows[0].split, rows[0].group, rows[0].line)
     unused = [row for row in manifest.rows if row.line not in used]
     if unused:
         shown = ", ".join(str(row.line) for row in unused[:10])
@@ -211,13 +211,34 @@ def _labels(files: list[tuple[str, str]], headers: dict[str, Header], manifest: 
     return found
 
 
+def _one_label_per_patient(labels: dict[str, tuple[str, str, str, int]],
+                           headers: dict[str, Header], manifest: Manifest | None) -> None:
+    """With data.labels_per: patient, a patient (by the headers' PatientID) whose files
+    carry two labels stops the walk, naming two of its files (and their manifest rows),
+    never the patient."""
+    def named(rel: str) -> str:
+        return f"{rel} ({manifest.path} line {labels[rel][3]})" if manifest else rel
+
+    first: dict[str, str] = {}
+    for rel, (label, *_) in labels.items():
+        header = headers.get(rel)
+        if header is None or not header.patient:
+            continue
+        seen = first.setdefault(header.patient, rel)
+        if labels[seen][0] != label:
+            raise DatasetError(f"data.labels_per: patient, but one patient is under two "
+                               f"labels: '{labels[seen][0]}' for {named(seen)} and '{label}' "
+                               f"for {named(rel)}")
+
+
 def walk_dataset(raw_dir: Path, classes: list[str], class_level: int = 1,
                  skip: frozenset[str] = frozenset(), ignore_classes: Collection[str] = (),
                  manifest: Manifest | None = None, choice: SliceChoice = SliceChoice(),
-                 workers: int = 1) -> Walk:
+                 workers: int = 1, labels_per: str = "image") -> Walk:
     """List image candidates: of the class folders at depth `class_level`, or of the
     files `manifest` labels; every other file, and every file of an `ignore_classes`
-    folder, is ignored with a reason."""
+    folder, is ignored with a reason. With `labels_per` "patient", one patient's files
+    under two labels are an error."""
     if not raw_dir.is_dir():
         raise DatasetError(f"data.raw_dir: folder {raw_dir} does not exist")
     if manifest is None:
@@ -254,15 +275,17 @@ def walk_dataset(raw_dir: Path, classes: list[str], class_level: int = 1,
              if kind != "dicom" or rel in headers or rel in unreadable]
     if manifest is None:
         labels = {rel: (rel.split("/")[class_level - 1],
-                        "/".join(rel.split("/")[:class_level - 1]), "") for rel, _ in files}
+                        "/".join(rel.split("/")[:class_level - 1]), "", 0) for rel, _ in files}
     else:
         labels = _labels(files, headers, manifest, ignored)
+    if labels_per == "patient":
+        _one_label_per_patient(labels, headers, manifest)
     candidates: list[Candidate] = []
     series: dict[str, list[tuple[str, Header, str, str, str]]] = defaultdict(list)
     for rel, kind in files:
         if rel not in labels:
             continue
-        label, origin, group = labels[rel]
+        label, origin, group, _ = labels[rel]
         if kind == "image":
             candidates.append(Candidate(rel, label, origin, manifest_group=group))
         elif kind == "volume":

@@ -11,7 +11,8 @@ def headline_markdown(root: Path) -> str:
     """The default run's headline figures: the DVC metrics files, which git holds."""
     dedup, split, train, test = (results_file(root, f"{n}.json", "metrics")
                                  for n in ("dedup", "split", "train", "evaluate"))
-    monitor = load_params(root / "params.yaml").train.monitor
+    params = load_params(root / "params.yaml")
+    monitor, shares = params.train.monitor, params.split
 
     def cell(name: str) -> str:
         value, low, high = test[name], test.get(f"{name}_lo"), test.get(f"{name}_hi")
@@ -19,7 +20,9 @@ def headline_markdown(root: Path) -> str:
 
     lines = [
         f"Data: {dedup['found']} images found, {dedup['kept']} kept after de-duplication; "
-        f"split train {split['train']} / val {split['val']} / test {split['test']} images. "
+        f"split by group {100 * (1 - shares.val - shares.test):.0f}/{100 * shares.val:.0f}/"
+        f"{100 * shares.test:.0f}%, patients in two splits: "
+        f"{split['patients_across_splits']}. "
         f"Best epoch {train['best_epoch']} ({monitor} {fmt(train['best'])}).", "",
         "| test split | value (95% CI) |", "|---|---|",
         f"| accuracy | {cell('acc')} |", f"| balanced accuracy | {cell('bal_acc')} |",

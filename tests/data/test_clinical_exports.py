@@ -14,7 +14,7 @@ from test_dedup import use_dataset
 
 import dedup
 import split
-from conftest import REPO
+from conftest import REPO, header_values, splits_per_patient
 from medimg.data.manifest import read_manifest
 from medimg.data.pseudonyms import Pseudonyms, read_key
 from medimg.data.synthetic_exports import (
@@ -42,29 +42,6 @@ def run_stages(capsys) -> str:
 def outputs(root: Path) -> list[Path]:
     return [path for folder in ("data", "metrics", "plots") for path in (root / folder).rglob("*")
             if path.is_file()]
-
-
-def header_values(raw: Path) -> set[str]:
-    """Every identifying header value of every DICOM file under raw: the planted ones and
-    the UIDs."""
-    values = set()
-    for path in raw.rglob("*"):
-        if path.is_file() and path.suffix not in (".csv", ".key"):
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            values |= {str(ds.get(key)) for key in
-                       ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
-                        "InstitutionName", "StudyDate", "ReferringPhysicianName",
-                        "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
-    return values
-
-
-def splits_per_patient(raw: Path, table: pd.DataFrame) -> dict[str, set[str]]:
-    """Each PatientID's splits, read from the headers, not from the pipeline's columns."""
-    found: dict[str, set[str]] = {}
-    for path, part in zip(table["path"], table["split"], strict=True):
-        patient = pydicom.dcmread(raw / path.split("#")[0], stop_before_pixels=True).PatientID
-        found.setdefault(patient, set()).add(part)
-    return found
 
 
 def test_a_pacs_export_is_split_by_patient_with_no_identifier_in_any_output(
@@ -147,6 +124,31 @@ def test_bad_manifest_rows_are_named(tmp_path, monkeypatch, row, message) -> Non
         handle.write(row + "\n")
     with pytest.raises(DatasetError, match=message):
         dedup.main()
+
+
+@pytest.mark.parametrize("labels_per", ["image", "patient"])
+def test_a_patient_under_two_labels_is_an_error_only_when_labels_are_per_patient(
+        tmp_path, monkeypatch, labels_per) -> None:
+    raw = use_dataset(tmp_path, monkeypatch, CLASSES, labels_file="labels.csv",
+                      labels_per=labels_per)
+    people = dicom_export(raw, count=4)
+    # A second series of patient 0 (a tumour patient), labelled normal.
+    write_series(raw / "P000/study1/series2", people[0], 1, np.zeros((3, 64, 64), np.uint16))
+    with (raw / "labels.csv").open("a", newline="") as handle:
+        handle.write("P000/study1/series2,normal\r\n")
+    if labels_per == "image":
+        dedup.main()
+        catalog = pd.read_csv("data/dedup/catalog.csv", dtype=str, keep_default_na=False)
+        patient = catalog[catalog["path"].str.startswith("P000/")]
+        assert set(patient["class"]) == set(CLASSES) and patient["group"].nunique() == 1
+        return
+    with pytest.raises(DatasetError) as raised:
+        dedup.main()
+    message = str(raised.value)
+    assert "data.labels_per: patient" in message and "line 2)" in message
+    assert "line 6)" in message and "P000/study1/series2/IM0000" in message
+    assert identifiers(0)["PatientID"] not in message
+    assert not Path("data/dedup").exists()
 
 
 def test_a_manifest_by_patient_id_labels_every_series_of_the_patient(

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +63,18 @@ def tiny_image(seed: int, label: int) -> np.ndarray:
     return pixels.astype(np.uint8)
 
 
-def make_tiny_repo(target: Path) -> Path:
-    """A copy of the project as a clone holds it, set up for a tiny dataset and model."""
+def tiny_dataset(target: Path) -> tuple[list[str], dict]:
+    """Two classes of 24 small PNGs in data/tiny: the classes and the data params."""
+    for index in range(24):
+        save(target / "data/tiny/a" / f"a{index:02d}.png", tiny_image(index, 0))
+        save(target / "data/tiny/b" / f"b{index:02d}.png", tiny_image(100 + index, 1))
+    return ["a", "b"], {"raw_dir": "data/tiny", "groups_file": None}
+
+
+def make_tiny_repo(target: Path,
+                   dataset: Callable[[Path], tuple[list[str], dict]] = tiny_dataset) -> Path:
+    """A copy of the project as a clone holds it, set up for a tiny dataset (written by
+    `dataset`, tracked with `dvc add`) and timm's tiny test model: only params change."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
                              "--exclude-standard"], cwd=REPO, capture_output=True, text=True,
                             check=True).stdout
@@ -71,12 +82,10 @@ def make_tiny_repo(target: Path) -> Path:
         if (REPO / name).is_file() and not name.startswith("metrics/"):
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, target / name)
-    for index in range(24):
-        save(target / "data/tiny/a" / f"a{index:02d}.png", tiny_image(index, 0))
-        save(target / "data/tiny/b" / f"b{index:02d}.png", tiny_image(100 + index, 1))
+    classes, data = dataset(target)
     params = yaml.safe_load((target / "params.yaml").read_text())
-    params["classes"] = ["a", "b"]
-    params["data"].update(raw_dir="data/tiny", groups_file=None)
+    params["classes"] = classes
+    params["data"].update(data)
     params["dedup"]["workers"] = 1
     params["prepare"].update(image_size=32, workers=1)
     params["model"] = {"name": "test_efficientnet", "pretrained": "none"}
@@ -84,7 +93,7 @@ def make_tiny_repo(target: Path) -> Path:
     params["evaluate"].update(bootstrap_resamples=20, gradcam_per_class=1)
     (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(["init", "-q"], target)
-    run([*DVC, "add", "-q", "data/tiny"], target)
+    run([*DVC, "add", "-q", data["raw_dir"]], target)
     git(["add", "-A"], target)
     git(["commit", "-qm", "tiny"], target)
     return target

@@ -116,7 +116,8 @@ def test_default_run_scores_and_accounts_for_every_image(fresh_clone: Path) -> N
     sample_files = len(list((fresh_clone / "data/sample").rglob("*.png")))
     assert dedup["found"] == sample_files
     split = json.loads((fresh_clone / "metrics/report/split.json").read_text())
-    assert split["overlap"] == {"group": 0, "sha256": 0, "pixel_sha256": 0, "near_duplicate": 0}
+    assert split["overlap"] == {"group": 0, "patient": 0, "series": 0, "sha256": 0,
+                                "pixel_sha256": 0, "near_duplicate": 0}
     assert sum(split[s]["n"] for s in ("train", "val", "test")) == dedup["kept"]
     for name in ("train", "val", "test"):
         array = np.load(fresh_clone / f"data/prepared/{name}.npy", mmap_mode="r")
@@ -167,8 +168,7 @@ def test_headline_metrics_are_the_report_figures_rounded(fresh_clone: Path) -> N
     assert read("metrics/evaluate.json") == expected
     dedup, split = read("metrics/report/dedup.json"), read("metrics/report/split.json")
     assert read("metrics/dedup.json") == {"found": dedup["found"], "kept": dedup["kept"]}
-    assert read("metrics/split.json") == {name: split[name]["n"]
-                                          for name in ("train", "val", "test")}
+    assert read("metrics/split.json") == {"patients_across_splits": split["overlap"]["patient"]}
     train = read("metrics/report/train.json")
     assert read("metrics/train.json") == {"best_epoch": train["best_epoch"],
                                           "best": round(train["best_value"], 4)}

@@ -23,7 +23,14 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO, picture, png, serve_py, wait_ready
+from conftest import REPO, header_values, picture, png, serve_py, wait_ready
+from medimg.data.synthetic_exports import (
+    identifiers,
+    patient_slices,
+    patients,
+    write_multiframe,
+    write_series,
+)
 from medimg.inference import ONNX_NAME, export_onnx, load_classifier
 from medimg.params import load_params
 from medimg.serving.batching import DynamicBatcher
@@ -338,6 +345,29 @@ def test_serve_py_answers_over_loopback(model_dir, tmp_path) -> None:
         assert answer.status_code == 200, answer.text
         assert answer.json()["model"] == identity
         assert answer.json()["results"][0]["predicted"] == "red"
+
+
+def test_no_dicom_header_value_reaches_a_response_the_page_metrics_or_the_log(
+        model_dir, tmp_path) -> None:
+    people = patients(2, ("tumour", "normal"))
+    single = write_series(tmp_path / "series", people[0], 0, patient_slices(people[0], 1))[0]
+    multi = tmp_path / "volume.dcm"
+    write_multiframe(multi, people[1], 0, patient_slices(people[1], 3))
+    planted = header_values(tmp_path)
+    assert len(planted) >= 2 * len(identifiers(0))
+    log = tmp_path / "serve.log"
+    with serve_py(model_dir, log, "--backend", "torch") as served, httpx.Client(
+            base_url=served.url, timeout=30) as http:
+        wait_ready(http)
+        answer = http.post("/predict", files=uploads(("IM0000", single.read_bytes()),
+                                                     ("volume.dcm", multi.read_bytes())))
+        assert answer.status_code == 200, answer.text
+        results = answer.json()["results"]
+        assert [r["frame"] for r in results] == [None, 0, 1, 2]
+        assert all(r["error"] is None for r in results)
+        shown = answer.text + http.get("/").text + http.get("/metrics").text
+    shown += log.read_text()
+    assert [value for value in planted if value in shown] == []
 
 
 class Echo:
