@@ -52,7 +52,9 @@ def identifiers(number: int) -> dict[str, str]:
 
 
 def _uid(*parts: object) -> str:
-    return generate_uid(entropy_srcs=[str(part) for part in parts])
+    # pydicom hashes its sources joined with nothing between them: the separator keeps
+    # (1, 23) and (12, 3) apart.
+    return generate_uid(entropy_srcs=["/".join(str(part) for part in parts)])
 
 
 def slice_dataset(pixels: np.ndarray, patient: int, series: int, index: int,
