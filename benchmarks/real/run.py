@@ -1,6 +1,6 @@
 """Run the unchanged pipeline on the original study's real datasets and record the results.
 
-    python benchmarks/real/run.py RUN [RUN ...] [--data DIR] [--full]
+    python benchmarks/real/run.py RUN [RUN ...] [--data DIR] [--full] [--out DIR] [--images DIR]
     python benchmarks/real/run.py --list
 
 RUN is one of the params files next to this script (a_original, b_tumours_clean, ...).
@@ -31,7 +31,7 @@ import yaml
 from PIL import Image
 
 from medimg.docs import fmt, interval, results_file
-from medimg.io import read_json, write_json
+from medimg.io import atomic_path, read_json, write_json
 from medimg.params import load_params
 
 REPO = Path(__file__).resolve().parents[2]
@@ -208,7 +208,8 @@ def results(name: str, spec: dict, params: dict, work: Path, seconds: dict, full
     }
 
 
-def run(name: str, root: Path, full: bool, work_root: Path, out_dir: Path) -> Path:
+def run(name: str, root: Path, full: bool, work_root: Path, out_dir: Path,
+        images_dir: Path) -> Path:
     spec = run_spec(name)
     work = work_root / name
     if work.exists():
@@ -227,9 +228,9 @@ def run(name: str, root: Path, full: bool, work_root: Path, out_dir: Path) -> Pa
     out = out_dir / f"real_{name}{'_full' if full else ''}.json"
     write_json(out, results(name, spec, params, work, seconds, full))
     # A JPEG copy for the docs: a tenth of the PNG's size.
-    with Image.open(work / "plots/evaluate/shift_most_unlike.png") as sheet:
-        sheet.convert("RGB").save(
-            REPO / "docs/images" / f"shift-{name}{'-full' if full else ''}.jpg", quality=85)
+    with (Image.open(work / "plots/evaluate/shift_most_unlike.png") as sheet,
+          atomic_path(images_dir / f"shift-{name}{'-full' if full else ''}.jpg") as tmp):
+        sheet.convert("RGB").save(tmp, format="JPEG", quality=85)
     print(f"{name}: {out} ({sum(seconds.values()):.0f} s)", flush=True)
     return out
 
@@ -391,6 +392,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=HERE / "work", help="workspaces")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results",
                         help="folder for the results files")
+    parser.add_argument("--images", type=Path, default=REPO / "docs/images",
+                        help="folder for the shift report's contact sheet")
     args = parser.parse_args(argv)
     try:
         if args.list or not args.runs:
@@ -404,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     except UsageError as err:
         parser.exit(2, f"run.py: {err}\n")
     for name in args.runs:
-        run(name, root, args.full, args.work.resolve(), args.out)
+        run(name, root, args.full, args.work.resolve(), args.out, args.images)
 
 
 if __name__ == "__main__":

@@ -93,9 +93,11 @@ def test_views_link_every_image_under_its_class(tmp_path) -> None:
 def test_a_run_writes_its_results_file(tmp_path) -> None:
     root = fake_datasets(tmp_path / "data")
     done = run_driver("c_idc_patient", "--data", str(root), "--work", str(tmp_path / "work"),
-                      "--out", str(tmp_path / "results"))
+                      "--out", str(tmp_path / "results"), "--images", str(tmp_path / "images"))
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads((tmp_path / "results/real_c_idc_patient.json").read_text())
+    # The contact sheet goes where it is told: a test run leaves docs/images alone.
+    assert (tmp_path / "images/shift-c_idc_patient.jpg").is_file()
     assert result["dedup"]["found"] == 72
     test = result["evaluate"]["test"]
     predictions = result["test_predictions"]
