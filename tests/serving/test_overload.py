@@ -20,10 +20,12 @@ BOUNDARY = "overload-test-boundary"
 HEADERS = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 # A burst carries 4 x CAP uploads of 3 MB. Were each burst to keep what it held until the
 # garbage collector's next full pass (as a reference cycle once did: +60 MB over 8
-# bursts), resident memory would climb past its idle level by more than this; allocator
-# slack stays under it (within 7 MB on an AMD EPYC).
-BURSTS = 8
-MEMORY_SLACK_MB = 30
+# bursts), resident memory would climb past its idle level by more than this. The
+# allocator's slack stays under it: it steps up and then stays (on an AMD EPYC, 30
+# bursts after the first: 853 MB, then 857-863, then 869-876 from the 13th on), and a
+# step after the idle reading reached +33 MB in 2 of 8 runs of tests/serving.
+BURSTS = 16
+MEMORY_SLACK_MB = 45
 
 
 @pytest.fixture(scope="module")
