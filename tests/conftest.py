@@ -195,3 +195,13 @@ def splits_per_patient(raw: Path, table: pd.DataFrame) -> dict[str, set[str]]:
         patient = pydicom.dcmread(raw / path.split("#")[0], stop_before_pixels=True).PatientID
         found.setdefault(patient, set()).add(part)
     return found
+
+
+def planted_in(paths: list[Path], values: set[str]) -> dict[str, list[str]]:
+    """The files among `paths` that hold any of `values`, with the values each holds."""
+    found = {}
+    for path in paths:
+        data = path.read_bytes()
+        if held := sorted(value for value in values if value.encode() in data):
+            found[path.as_posix()] = held
+    return found
