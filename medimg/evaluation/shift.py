@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 
-from medimg.evaluation.ood import float64_tensor, logistic_fit
+from medimg.evaluation.logistic import float64_tensor, logistic_fit
 from medimg.evaluation.scores import ood_auroc
 from medimg.params import ShiftParams
 
