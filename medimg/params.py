@@ -188,8 +188,11 @@ class TrainParams(Section):
 
 
 class OodParams(Section):
-    penalty: Annotated[Number, Field(gt=0.0)]
-    threshold: Number
+    k_candidates: Annotated[list[PositiveInt], Field(min_length=1)]
+    accept_share: Annotated[Number, Field(gt=0.0, le=1.0)]
+    familiar_share: Annotated[Number, Field(gt=0.0, le=1.0)]
+    domain: Annotated[str, Field(min_length=1)]
+    reference_size: PositiveInt
     jitter_copies: NonNegativeInt
     outlier_images: Annotated[int, Field(strict=True, ge=2)]
     batch_size: PositiveInt

@@ -29,8 +29,8 @@ MAX_WAIT_MS = 2.0  # as `medimg serve --max-wait-ms 2`
 MODEL_ENV = "MEDIMG_PEER_MODEL"  # the model folder, for servers that import this module
 # The keys of a result after file and frame, as medimg.serving.service.FileResult has them
 # (less gradcam, which no peer offers), null unless the frame was classified.
-UNCLASSIFIED = dict.fromkeys(("predicted", "probabilities", "in_distribution", "ood_score",
-                              "validation_scoring_higher", "error"))
+UNCLASSIFIED = dict.fromkeys(("predicted", "probabilities", "in_distribution", "ood_verdict",
+                              "ood_score", "validation_scoring_higher", "error"))
 
 
 def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:

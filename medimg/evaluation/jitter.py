@@ -41,18 +41,26 @@ def new_stain(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(out * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08), 0.0, 1.0)
 
 
+def is_grey(image: np.ndarray) -> bool:
+    """True for a uint8 H x W x 3 image whose channels never differ by more than
+    GREY_SPREAD: a scan, not a stained slide."""
+    spread = image.max(axis=2).astype(np.int16) - image.min(axis=2).astype(np.int16)
+    return int(spread.max()) <= GREY_SPREAD
+
+
 def jittered(images: np.ndarray, copies: int, seed: int) -> np.ndarray:
     """`copies` jittered copies of each uint8 N x S x S x 3 image, image by image."""
     rng = np.random.default_rng(seed)
     out = []
     for image in images:
         pixels = np.asarray(image, dtype=np.float64) / 255
-        spread = image.max(axis=2).astype(np.int16) - image.min(axis=2).astype(np.int16)
-        grey = int(spread.max()) <= GREY_SPREAD
+        grey = is_grey(image)
         for _ in range(copies):
             if grey:
                 out.append(np.repeat(new_contrast(pixels.mean(axis=2), rng)[..., None], 3,
                                      axis=2))
             else:
                 out.append(new_stain(pixels, rng))
+    if not out:
+        return np.zeros((0, *images.shape[1:]), dtype=np.uint8)
     return np.rint(np.stack(out) * 255).astype(np.uint8)

@@ -1,25 +1,32 @@
 """Out-of-distribution detection: does an image look like the images the model was trained
-on at all?
+on, and is it an image of that kind at all?
 
-A penalised logistic regression tells the in-distribution images from outlier-exposure
-images on the network's stage features (each feature stage's output, pooled:
-`medimg.inference.logits_and_features`). Early stages keep texture and colour, which the
-fine-tuned head forgets, so a photograph stands apart from a scan there. The
-in-distribution side is the training split, jittered copies of it
-(`medimg.evaluation.jitter`: other contrasts, bias fields and stains, so that a new scanner
-or stain still counts) and MRI slices from other scanners that ship in packages; the other
-side is photographs, graphics, text and faces that ship in packages
-(`medimg.evaluation.references`). The score is the log-odds of "not like the training
-data"; an image scoring above `threshold` is flagged. benchmarks/ood_tradeoff.py chooses
-the threshold and the penalty on sources it then leaves out of the figures it reports.
+The score is the cosine distance from an image's stage features (each feature stage's
+output, pooled and concatenated: `medimg.inference.logits_and_features`, free in the same
+forward pass) to its k-th nearest neighbour in a reference set: the training split and
+jittered copies of it (`medimg.evaluation.jitter`: other contrasts, bias fields and stains,
+so that a new scanner or stain still has neighbours), drawn down to at most
+`reference_size` rows so that the search costs the same whatever the training set's size.
+Nothing is fitted: the score asks
+how far an image is from the images themselves, not what a classifier learned to tell
+apart, so it holds on photographs no fit has seen (benchmarks/ood_tradeoff.py measured the
+alternatives on held-out sources).
 
-The fit runs in torch float64 (Newton's method), whose kernels `medimg.devices` pins, so
-the stored detector has the same bytes on every CPU it verifies. Saved as ood.safetensors
-(standardisation, weights, the validation split's sorted scores) and ood.json (threshold,
-settings, fit summary) beside the model. The validation scores turn a score into words:
-the share of validation images that score higher.
+Two boundaries turn a distance into one of three verdicts (`VERDICTS`):
+- familiar, up to the validation split's `familiar_share` quantile: looks like the
+  training images;
+- unfamiliar, up to `threshold`: unlike them, check the image;
+- outside, above `threshold`: not an image of the training domain at all; flagged.
+`threshold` is set on in-distribution sources the reference never saw (MRI from other
+scanners that ship in packages, jittered validation MRI, jittered validation H&E), as the
+distance that accepts `accept_share` of them, each source weighted equally: a share of
+new-source images accepted, not a validation quantile, which rejects every new scanner.
+
+Saved as ood.safetensors (the reference, float16, and the validation split's sorted
+distances) and ood.json (boundaries, settings, summary) beside the model.
 """
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,80 +35,88 @@ import torch
 from safetensors.numpy import load_file
 
 from medimg.io import read_json, write_json
+from medimg.params import OodParams
 from medimg.training.models import save_weights
 
 WEIGHTS_NAME = "ood.safetensors"
 CONFIG_NAME = "ood.json"
-ARRAYS = ("mean", "scale", "weights", "validation_scores")
-NEWTON_STEPS = 100
-NEWTON_TOLERANCE = 1e-10
+VERDICTS = ("familiar", "unfamiliar", "outside")
+QUERY_CHUNK = 256  # queries per similarity matrix: 256 x the reference rows of float32
+DECIMALS = 4  # boundaries are stored rounded: the last float bits vary between CPUs
 
 
-def float64_tensor(array: np.ndarray) -> torch.Tensor:
-    """A C-ordered float64 copy: the matmul's result depends on its operands' memory
-    layout, so a reloaded detector must see the layout the fitted one did."""
-    return torch.tensor(np.ascontiguousarray(array, dtype=np.float64))
+def unit_rows(features: np.ndarray) -> torch.Tensor:
+    """Float32 rows scaled to length 1 (cosine similarity is then a dot product)."""
+    rows = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def logistic_fit(features: torch.Tensor, outside: torch.Tensor,
-                 penalty: float) -> torch.Tensor:
-    """Weights (bias last) of the logistic regression of `outside` (0 or 1) on standardised
-    `features`, each class weighted to half the total, with `penalty`/2 x |w|^2 (bias not
-    penalised): sklearn's LogisticRegression(C=1/penalty, class_weight="balanced")."""
-    design = torch.cat([features, torch.ones(len(features), 1, dtype=torch.float64)], dim=1)
-    counts = torch.bincount(outside.long(), minlength=2).double()
-    weight = (len(outside) / (2 * counts))[outside.long()]
-    ridge = torch.full((design.shape[1],), penalty, dtype=torch.float64)
-    ridge[-1] = 0.0
-    coef = torch.zeros(design.shape[1], dtype=torch.float64)
-    for _ in range(NEWTON_STEPS):
-        p = torch.sigmoid(design @ coef)
-        gradient = design.T @ (weight * (p - outside)) + ridge * coef
-        hessian = (design.T * (weight * p * (1 - p))) @ design + torch.diag(ridge + 1e-9)
-        step = torch.linalg.solve(hessian, gradient)
-        coef = coef - step
-        if float(step.abs().max()) < NEWTON_TOLERANCE:
-            break
-    return coef
+def kth_distance(reference: torch.Tensor, features: np.ndarray, k: int) -> np.ndarray:
+    """Cosine distance from each row of `features` to its k-th nearest reference row."""
+    queries = unit_rows(features)
+    found = [1.0 - (chunk @ reference.T).topk(k, dim=1).values[:, -1]
+             for chunk in queries.split(QUERY_CHUNK)]
+    return torch.cat(found).double().numpy() if found else np.zeros(0)
+
+
+def accepting_threshold(sources: dict[str, np.ndarray], share: float) -> float:
+    """The smallest distance (rounded up to DECIMALS) at or below which the mean over
+    SOURCES of the share of each source's distances accepted reaches `share`."""
+    candidates = np.unique(np.concatenate(list(sources.values())))
+    accepted = np.mean([np.searchsorted(np.sort(values), candidates, side="right")
+                        / len(values) for values in sources.values()], axis=0)
+    reached = candidates[np.flatnonzero(accepted >= share - 1e-12)[0]]
+    return math.ceil(float(reached) * 10 ** DECIMALS) / 10 ** DECIMALS
 
 
 @dataclass(frozen=True)
 class OodDetector:
-    mean: np.ndarray  # D: the fitting set's feature means
-    scale: np.ndarray  # D: and standard deviations
-    weights: np.ndarray  # D + 1: the logistic regression's, bias last
-    validation_scores: np.ndarray  # the validation split's scores, ascending
-    threshold: float
-    summary: dict  # how it was fitted: counts, settings, validation acceptance
+    reference: np.ndarray  # R x D float16: unit-length stage features of the reference set
+    validation_scores: np.ndarray  # the validation split's distances, ascending
+    k: int
+    familiar: float  # at or below: looks like the training images
+    threshold: float  # above: not an image of the training domain at all (flagged)
+    domain: str  # what the training images are, in words ("a brain MRI or H&E image")
+    summary: dict  # how it was built: counts, settings, shares accepted
+
+    def __post_init__(self) -> None:
+        # The float32 copy the distances are computed on, made once per detector.
+        object.__setattr__(self, "_reference", torch.from_numpy(
+            np.ascontiguousarray(self.reference, dtype=np.float32)))
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        """Log-odds that each image is not like the training data; N x D features to N
-        scores (in torch, whose kernels reproducible_cpu pins, as the fit)."""
+        """Cosine distance of each image (N x D stage features) to its k-th nearest
+        reference image: 0 for a copy of one, up to 2."""
         features = np.asarray(features)
-        if features.ndim != 2 or features.shape[1] != len(self.mean):
-            raise ValueError(f"OOD detector expects N x {len(self.mean)} features, got "
-                             f"{features.shape}")
-        mean, scale, weights = (float64_tensor(a) for a in (self.mean, self.scale,
-                                                            self.weights))
-        standard = (float64_tensor(features) - mean) / scale
-        return (standard @ weights[:-1] + weights[-1]).numpy()
+        if features.ndim != 2 or features.shape[1] != self.reference.shape[1]:
+            raise ValueError(f"OOD detector expects N x {self.reference.shape[1]} features, "
+                             f"got {features.shape}")
+        return kth_distance(self._reference, features, self.k)
 
     def accepts(self, features: np.ndarray) -> np.ndarray:
-        """True where an image looks like the training data (score <= threshold)."""
+        """True where an image is not flagged (distance <= threshold)."""
         return self.score(features) <= self.threshold
 
+    def verdicts(self, scores: np.ndarray) -> list[str]:
+        """Each distance as one of VERDICTS."""
+        level = (np.asarray(scores) > self.familiar).astype(int) + (
+            np.asarray(scores) > self.threshold)
+        return [VERDICTS[value] for value in level]
+
     def share_scoring_higher(self, scores: np.ndarray) -> np.ndarray:
-        """For each score, the share of validation images that score higher: how many of
-        the images the model was checked on look less like its training data."""
+        """For each distance, the share of validation images farther from the reference:
+        how many of the images the model was checked on look less like its training data."""
         below = np.searchsorted(self.validation_scores, np.asarray(scores), side="right")
         return 1.0 - below / len(self.validation_scores)
 
     def save(self, model_dir: Path) -> None:
         save_weights(model_dir / WEIGHTS_NAME,
-                     {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name)))
-                      for name in ARRAYS},
-                     "out-of-distribution detector")
-        write_json(model_dir / CONFIG_NAME, {"threshold": self.threshold, **self.summary})
+                     {"reference": torch.from_numpy(self.reference),
+                      "validation_scores": torch.from_numpy(self.validation_scores)},
+                     "out-of-distribution reference")
+        write_json(model_dir / CONFIG_NAME, {"k": self.k, "familiar": self.familiar,
+                                             "threshold": self.threshold,
+                                             "domain": self.domain, **self.summary})
 
     @classmethod
     def load(cls, model_dir: Path) -> "OodDetector | None":
@@ -110,38 +125,59 @@ class OodDetector:
             return None
         config = read_json(model_dir / CONFIG_NAME)
         arrays = load_file(str(model_dir / WEIGHTS_NAME))
-        summary = {key: value for key, value in config.items() if key != "threshold"}
-        return cls(*(arrays[name] for name in ARRAYS), config["threshold"], summary)
+        fields = ("k", "familiar", "threshold", "domain")
+        summary = {key: value for key, value in config.items() if key not in fields}
+        return cls(arrays["reference"], arrays["validation_scores"],
+                   *(config[name] for name in fields), summary)
 
 
-def fit_detector(inside: np.ndarray, outside: np.ndarray, val: np.ndarray, penalty: float,
-                 threshold: float) -> OodDetector:
-    """Fit on in-distribution and outlier-exposure features; `val` (the validation split)
-    calibrates the scores and says how much of it the threshold accepts."""
-    both = float64_tensor(np.concatenate([inside, outside]))
-    mean, scale = both.mean(dim=0), both.std(dim=0)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    labels = torch.cat([torch.zeros(len(inside)), torch.ones(len(outside))]).double()
-    weights = logistic_fit((both - mean) / scale, labels, penalty)
-    unscored = OodDetector(mean.numpy(), scale.numpy(), weights.numpy(), np.zeros(1),
-                           threshold, {})
-    scores = np.sort(unscored.score(val))
-    summary = {"features": int(inside.shape[1]), "penalty": penalty,
-               "fitted_on": {"inside": len(inside), "outside": len(outside),
-                             "val": len(val)},
-               "val_accepted": float((scores <= threshold).mean())}
-    return OodDetector(unscored.mean, unscored.scale, unscored.weights, scores, threshold,
-                       summary)
+def drawn_rows(rows: int, size: int, seed: int) -> np.ndarray:
+    """At most `size` of `rows` row numbers, drawn with `seed`, in order."""
+    if rows <= size:
+        return np.arange(rows)
+    return np.sort(np.random.default_rng(seed).choice(rows, size, replace=False))
 
 
-def left_out_scores(inside: np.ndarray, outside: np.ndarray, val: np.ndarray,
-                    sources: dict[str, tuple[str, np.ndarray]], penalty: float,
-                    threshold: float) -> dict[str, np.ndarray]:
-    """Each named source's scores from a detector fitted without it: SOURCES maps a name to
-    ("inside" or "outside", the boolean mask of its rows in that side's features)."""
-    scores = {}
-    for name, (side, rows) in sources.items():
-        kept = (inside[~rows], outside) if side == "inside" else (inside, outside[~rows])
-        detector = fit_detector(*kept, val, penalty, threshold)
-        scores[name] = detector.score((inside if side == "inside" else outside)[rows])
-    return scores
+def build_detector(reference: np.ndarray, val: np.ndarray, calibration: dict[str, np.ndarray],
+                   k: int, settings: OodParams, seed: int) -> OodDetector:
+    """The detector of REFERENCE features (the training split and its jittered copies, at
+    most `settings.reference_size` of them), scoring the distance to the K-th nearest;
+    its threshold accepts `accept_share` of the
+    CALIBRATION sources (named features of in-distribution images the reference does not
+    hold), its familiar boundary `familiar_share` of the validation split (never above the
+    threshold)."""
+    accept_share = settings.accept_share
+    kept = drawn_rows(len(reference), settings.reference_size, seed)
+    unit = unit_rows(reference[kept])
+    stored = unit.half().numpy()
+    scored = torch.from_numpy(stored.astype(np.float32))
+    val_scores = np.sort(kth_distance(scored, val, k))
+    distances = {name: kth_distance(scored, values, k) for name, values in calibration.items()}
+    threshold = accepting_threshold(distances, accept_share)
+    familiar = min(threshold, accepting_threshold({"val": val_scores},
+                                                  settings.familiar_share))
+    summary = {"features": int(reference.shape[1]), "reference_rows": len(kept),
+               "reference_candidates": len(reference), "accept_share": accept_share,
+               "familiar_share": settings.familiar_share,
+               "calibration_accepted": {name: round(float((values <= threshold).mean()), 4)
+                                        for name, values in distances.items()},
+               "val_accepted": round(float((val_scores <= threshold).mean()), 4),
+               "val_familiar": round(float((val_scores <= familiar).mean()), 4)}
+    return OodDetector(stored, val_scores, k, familiar, threshold, settings.domain, summary)
+
+
+def left_out_thresholds(detector: OodDetector, calibration: dict[str, np.ndarray],
+                        accept_share: float) -> dict[str, dict]:
+    """Each calibration source's share accepted by a threshold set on the others: what a
+    source the threshold never saw gets (the honest figure for a new scanner or stain).
+    Empty with fewer than two sources."""
+    distances = {name: detector.score(values) for name, values in calibration.items()}
+    found = {}
+    if len(distances) < 2:
+        return found
+    for name, values in distances.items():
+        rest = {other: d for other, d in distances.items() if other != name}
+        threshold = accepting_threshold(rest, accept_share)
+        found[name] = {"threshold": threshold, "n": len(values),
+                       "accepted": round(float((values <= threshold).mean()), 4)}
+    return found

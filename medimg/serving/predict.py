@@ -8,10 +8,11 @@ files (.dcm) give one row per frame. Each input is decoded by the dedup stage's 
 limits (from the model's model.json) and resized as in training, a batch at a time, so a
 folder of any size is never held in memory at once. The output has one row per image:
 path, frame (multi-frame DICOM only), predicted class, one probability column per class
-(prob_<class>), in_distribution, ood_score and validation_scoring_higher (empty when the
-model has no out-of-distribution detector; false means the image does not look like the
-training data, and it is still classified; the share of validation images that score
-higher says how unusual it is) and error (empty, or why that file could not be
+(prob_<class>), in_distribution, ood_verdict, ood_score and validation_scoring_higher
+(empty when the model has no out-of-distribution detector; in_distribution false, verdict
+`outside`, means the image is not of the training domain at all, and it is still
+classified; `unfamiliar` means it is unlike the training images; the share of validation
+images that score higher says how unusual it is) and error (empty, or why that file could not be
 classified). The exit status is non-zero only when no input could be classified. --model
 may also be an ensemble folder (scripts/ensemble.py): the mean of its members'
 probabilities.
@@ -47,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def empty_row(frame: Frame, classes: list[str]) -> dict:
     return {"path": frame.name, "frame": frame.frame, "predicted": "",
             **{f"prob_{c}": np.nan for c in classes}, "in_distribution": None,
-            "ood_score": np.nan, "validation_scoring_higher": np.nan,
+            "ood_verdict": "", "ood_score": np.nan, "validation_scoring_higher": np.nan,
             "error": frame.error or ""}
 
 
@@ -59,7 +60,7 @@ def fill(rows: list[dict], pending: list[tuple[int, Frame]], predictor: Predicto
     answers = predictor.predict(np.stack([frame.pixels for _, frame in pending]))
     for (row, frame), answer in zip(pending, answers, strict=True):
         rows[row].update(predicted=answer["predicted"], in_distribution=answer["in_distribution"],
-                         ood_score=answer["ood_score"],
+                         ood_verdict=answer["ood_verdict"], ood_score=answer["ood_score"],
                          validation_scoring_higher=answer["validation_scoring_higher"],
                          **{f"prob_{c}": p for c, p in answer["probabilities"].items()})
         if gradcam:

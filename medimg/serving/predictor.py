@@ -5,7 +5,8 @@ The decoding limits (the dedup stage's `max_pixels` and `min_side`) come from th
 model.json, so a model is always served with the rules its training data passed. The
 probabilities come from `Classifier.predict` / `predict_with_features`, the batched
 inference of evaluate and export too; the flag from the `OodDetector` stored beside the
-model (none for an ensemble or a model folder without ood.json).
+model (none for an ensemble or a model folder without ood.json), with its verdict in
+words: familiar, unfamiliar (check the image) or outside (not the training domain at all).
 """
 
 import threading
@@ -85,7 +86,7 @@ class Predictor:
     def predict(self, images: np.ndarray) -> list[dict]:
         """One answer per uint8 N x S x S x 3 image, from one batched model call."""
         classes = self.config.classes
-        scores = accepted = higher = None
+        scores = accepted = higher = verdicts = None
         if self.detector is None:
             probs = self.classifier.predict(images, len(images))
         else:
@@ -93,10 +94,12 @@ class Predictor:
             scores = self.detector.score(features)
             accepted = scores <= self.detector.threshold
             higher = self.detector.share_scoring_higher(scores)
+            verdicts = self.detector.verdicts(scores)
         return [{"predicted": classes[int(prob.argmax())],
                  "probabilities": {c: round(float(p), 6) for c, p in zip(classes, prob,
                                                                          strict=True)},
                  "in_distribution": None if accepted is None else bool(accepted[row]),
+                 "ood_verdict": None if verdicts is None else verdicts[row],
                  "ood_score": None if scores is None else round(float(scores[row]), 4),
                  "validation_scoring_higher": None if higher is None
                  else round(float(higher[row]), 4)}
@@ -126,5 +129,7 @@ def load_predictor(model_dir: Path, backend: str = "onnx", serving: bool = False
                          "train one with dvc repro, or point --model at a model folder")
     classifier = load_classifier(model_dir, backend, serving=serving, threads=threads)
     detector = None if isinstance(classifier, Ensemble) else OodDetector.load(model_dir)
-    return Predictor(model_dir, classifier, detector,
-                     model_identity(model_dir, backend, classifier.config))
+    identity = model_identity(model_dir, backend, classifier.config)
+    if detector is not None:
+        identity["ood_domain"] = detector.domain  # what the page's flag says it is not
+    return Predictor(model_dir, classifier, detector, identity)

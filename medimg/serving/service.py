@@ -22,6 +22,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request, Response
@@ -65,8 +66,9 @@ class FileResult(BaseModel):
     frame: int | None = None
     predicted: str | None = None
     probabilities: dict[str, float] | None = None
-    in_distribution: bool | None = None
-    ood_score: float | None = None  # log-odds of "not like the training data"
+    in_distribution: bool | None = None  # false: flagged, not the training domain at all
+    ood_verdict: Literal["familiar", "unfamiliar", "outside"] | None = None
+    ood_score: float | None = None  # cosine distance to the k-th nearest training image
     validation_scoring_higher: float | None = None  # share of validation images above it
     error: str | None = None
     gradcam: str | None = None  # base64 PNG

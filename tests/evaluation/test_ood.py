@@ -9,15 +9,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from sklearn.linear_model import LogisticRegression
 
 import evaluate
 import ood
 from conftest import HAS_AVX2, REPO, picture
 from medimg.errors import ParamsError
-from medimg.evaluation.jitter import jittered
-from medimg.evaluation.ood import OodDetector, fit_detector, left_out_scores
+from medimg.evaluation.jitter import is_grey, jittered
+from medimg.evaluation.ood import (
+    DECIMALS,
+    OodDetector,
+    accepting_threshold,
+    build_detector,
+    drawn_rows,
+    left_out_thresholds,
+)
 from medimg.evaluation.ood_figures import ood_headline
+from medimg.evaluation.ood_fitting import EXTERNAL_MRI, OTHER_CONTRASTS, OTHER_STAINS
 from medimg.evaluation.references import (
     EVERYDAY_FILES,
     everyday,
@@ -28,56 +35,89 @@ from medimg.evaluation.references import (
 )
 from medimg.evaluation.scores import acceptance_curve, ood_acceptance, ood_auroc
 from medimg.inference import load_classifier
-from medimg.params import load_params
+from medimg.params import OodParams, load_params
 
 WIDTH = 24  # feature dimension of the synthetic detectors
+SETTINGS = dict(k_candidates=[3], accept_share=0.95, familiar_share=0.9, domain="a test image",
+                reference_size=4096)
 
 
-def clusters(seed: int, count: int, centre: float) -> tuple[np.ndarray, np.ndarray]:
-    """Features of two classes around +-`centre` on the first axis, and their labels."""
+def settings(**changed: object) -> OodParams:
+    return OodParams(**{**SETTINGS, **changed, "jitter_copies": 1, "outlier_images": 10,
+                        "batch_size": 8})
+
+
+def cloud(seed: int, count: int, centre: float, spread: float = 0.3) -> np.ndarray:
+    """Features pointing near the direction of `centre` on the first axis (positive
+    values: cosine distance reads directions)."""
     rng = np.random.default_rng(seed)
-    labels = np.arange(count) % 2
-    features = rng.normal(0.0, 1.0, (count, WIDTH))
-    features[:, 0] += np.where(labels == 1, centre, -centre)
-    return features, labels
+    features = np.abs(rng.normal(0.0, spread, (count, WIDTH)))
+    features[:, 0] += centre
+    return features
 
 
-def natural(seed: int, count: int) -> np.ndarray:
-    """Outlier-exposure features: elsewhere, and spread wider."""
-    return np.random.default_rng(seed).normal(6.0, 2.0, (count, WIDTH))
+def elsewhere(seed: int, count: int) -> np.ndarray:
+    """Features pointing along the last axis instead: unlike the reference."""
+    features = cloud(seed, count, 0.0)
+    features[:, -1] += 3.0
+    return features
 
 
 @pytest.fixture(scope="module")
 def detector() -> OodDetector:
-    train, _ = clusters(0, 200, 3.0)
-    val, _ = clusters(1, 100, 3.0)
-    return fit_detector(train, natural(2, 150), val, penalty=1.0, threshold=0.0)
+    return build_detector(cloud(0, 200, 3.0), cloud(1, 100, 3.0),
+                          {"scanner": cloud(2, 50, 3.0, 0.6), "stain": cloud(3, 40, 3.0)},
+                          3, settings(), seed=0)
 
 
-def test_the_fit_is_sklearns_balanced_logistic_regression() -> None:
-    inside, outside = clusters(0, 200, 1.0)[0], natural(2, 60) / 4
-    fitted = fit_detector(inside, outside, inside[:10], penalty=4.0, threshold=0.0)
-    both = np.r_[inside, outside]
-    standard = (both - both.mean(axis=0)) / both.std(axis=0, ddof=1)
-    reference = LogisticRegression(C=0.25, class_weight="balanced", tol=1e-12,
-                                   max_iter=10_000).fit(standard, np.r_[np.zeros(200),
-                                                                        np.ones(60)])
-    assert fitted.score(both) == pytest.approx(reference.decision_function(standard), abs=1e-6)
+def test_the_score_is_the_cosine_distance_to_the_kth_nearest_reference_row() -> None:
+    reference, queries = cloud(0, 50, 1.0), np.r_[cloud(5, 10, 1.0), elsewhere(6, 10)]
+    built = build_detector(reference, reference[:5], {"val": reference[:5]},
+                           4, settings(), seed=0)
+    unit = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    # The stored reference is float16: compare with its rounding, not with float64.
+    unit = unit.astype(np.float16).astype(np.float64)
+    distance = 1 - (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ unit.T
+    assert built.score(queries) == pytest.approx(np.sort(distance, axis=1)[:, 3], abs=1e-5)
+    assert built.score(reference[:3]) == pytest.approx(
+        np.sort(1 - (reference[:3] / np.linalg.norm(reference[:3], axis=1, keepdims=True))
+                @ unit.T, axis=1)[:, 3], abs=1e-5)
 
 
-def test_the_threshold_is_on_the_log_odds_and_counts_the_validation_share() -> None:
-    train, val = clusters(0, 200, 3.0)[0], clusters(1, 100, 3.0)[0]
-    for threshold in (-2.0, 0.0, 3.0):
-        fitted = fit_detector(train, natural(2, 150), val, 1.0, threshold)
-        scores = fitted.score(val)
-        assert np.array_equal(fitted.accepts(val), scores <= threshold)
-        assert fitted.summary["val_accepted"] == (scores <= threshold).mean()
+def test_the_threshold_accepts_the_share_asked_of_each_calibration_source_on_average(
+        ) -> None:
+    sources = {"near": np.linspace(0.0, 1.0, 101), "far": np.linspace(1.0, 3.0, 11)}
+    threshold = accepting_threshold(sources, 0.75)
+    accepted = [np.mean(values <= threshold) for values in sources.values()]
+    assert np.mean(accepted) >= 0.75
+    below = threshold - 10 ** -DECIMALS
+    assert np.mean([np.mean(values <= below) for values in sources.values()]) < 0.75
+    # Each source weighs the same, whatever its size: not the pooled 75% quantile.
+    assert threshold != pytest.approx(np.quantile(np.r_[*sources.values()], 0.75))
+
+
+def test_the_boundaries_are_stored_rounded_and_familiar_is_never_above_the_threshold(
+        detector: OodDetector) -> None:
+    for value in (detector.threshold, detector.familiar):
+        assert value == round(value, DECIMALS)
+    assert detector.familiar <= detector.threshold
+    tight = build_detector(cloud(0, 200, 3.0), cloud(1, 100, 3.0, 2.0),
+                           {"same": cloud(2, 50, 3.0)}, 3, settings(familiar_share=1.0),
+                           seed=0)
+    assert tight.familiar == tight.threshold
+    assert tight.summary["val_familiar"] == tight.summary["val_accepted"]
+
+
+def test_three_verdicts_from_two_boundaries(detector: OodDetector) -> None:
+    scores = np.array([0.0, detector.familiar, detector.familiar + 1e-4, detector.threshold,
+                       detector.threshold + 1e-4, 2.0])
+    assert detector.verdicts(scores) == ["familiar", "familiar", "unfamiliar", "unfamiliar",
+                                         "outside", "outside"]
 
 
 def test_the_share_scoring_higher_ranks_a_score_among_the_validation_images(
         detector: OodDetector) -> None:
-    val = clusters(1, 100, 3.0)[0]
-    scores = np.sort(detector.score(val))
+    scores = np.sort(detector.score(cloud(1, 100, 3.0)))
     shares = detector.share_scoring_higher(np.r_[scores[0] - 1, scores[49], scores[-1],
                                                  scores[-1] + 1])
     assert shares.tolist() == [1.0, 0.5, 0.0, 0.0]
@@ -86,8 +126,9 @@ def test_the_share_scoring_higher_ranks_a_score_among_the_validation_images(
 def test_a_reloaded_detector_gives_the_same_scores(detector: OodDetector, tmp_path) -> None:
     detector.save(tmp_path)
     again = OodDetector.load(tmp_path)
-    features = np.r_[clusters(5, 20, 3.0)[0], natural(6, 20)]
-    assert again.threshold == detector.threshold
+    features = np.r_[cloud(5, 20, 3.0), elsewhere(6, 20)]
+    assert (again.k, again.familiar, again.threshold, again.domain) == (
+        detector.k, detector.familiar, detector.threshold, detector.domain)
     assert np.array_equal(again.score(features), detector.score(features))
     assert np.array_equal(again.share_scoring_higher(again.score(features)),
                           detector.share_scoring_higher(detector.score(features)))
@@ -96,38 +137,53 @@ def test_a_reloaded_detector_gives_the_same_scores(detector: OodDetector, tmp_pa
 
 def test_far_away_features_are_flagged_and_training_like_ones_accepted(
         detector: OodDetector) -> None:
-    test, _ = clusters(7, 100, 3.0)
-    assert detector.accepts(test).mean() >= 0.9
-    assert detector.accepts(natural(8, 100)).mean() <= 0.05
-    assert not detector.accepts(np.full((1, WIDTH), 50.0))[0]
+    assert detector.accepts(cloud(7, 100, 3.0)).mean() >= 0.9
+    assert detector.accepts(elsewhere(8, 100)).mean() <= 0.05
+    assert detector.verdicts(detector.score(elsewhere(8, 5))) == ["outside"] * 5
 
 
-def test_a_left_out_source_is_scored_by_a_detector_fitted_without_it() -> None:
-    inside, outside, val = clusters(0, 200, 3.0)[0], natural(2, 150), clusters(1, 50, 3.0)[0]
-    moved = np.zeros(200, dtype=bool)
-    moved[:20] = True
-    inside[moved, 1] += 4.0  # a source unlike the rest of the training side
-    scores = left_out_scores(inside, outside, val, {"moved": ("inside", moved),
-                                                    "photos": ("outside", np.arange(150) < 30)},
-                             1.0, 0.0)
-    without = fit_detector(inside[~moved], outside, val, 1.0, 0.0)
-    assert np.array_equal(scores["moved"], without.score(inside[moved]))
-    kept = fit_detector(inside, outside, val, 1.0, 0.0)
-    assert scores["moved"].mean() > kept.score(inside[moved]).mean()
-    assert len(scores["photos"]) == 30
+def test_a_large_reference_is_drawn_down_to_reference_size() -> None:
+    built = build_detector(cloud(0, 500, 3.0), cloud(1, 20, 3.0), {"same": cloud(2, 20, 3.0)},
+                           3, settings(reference_size=100), seed=4)
+    assert built.reference.shape == (100, WIDTH) and built.reference.dtype == np.float16
+    assert built.summary["reference_rows"] == 100
+    assert built.summary["reference_candidates"] == 500
+    again = build_detector(cloud(0, 500, 3.0), cloud(1, 20, 3.0), {"same": cloud(2, 20, 3.0)},
+                           3, settings(reference_size=100), seed=4)
+    assert np.array_equal(built.reference, again.reference)
+    assert np.array_equal(drawn_rows(50, 100, 0), np.arange(50))
 
 
-# Fits a detector on features made without a matmul (NumPy's own matmul would already
+def test_a_left_out_calibration_source_gets_a_threshold_set_without_it(
+        detector: OodDetector) -> None:
+    calibration = {"scanner": cloud(2, 50, 3.0, 0.6), "stain": cloud(3, 40, 3.0),
+                   "new": elsewhere(9, 30)}
+    found = left_out_thresholds(detector, calibration, 0.95)
+    rest = {name: detector.score(values) for name, values in calibration.items()
+            if name != "new"}
+    assert found["new"]["threshold"] == accepting_threshold(rest, 0.95)
+    assert found["new"]["accepted"] < 0.1 and found["new"]["n"] == 30
+    assert found["stain"]["accepted"] >= 0.9
+    # A source alone has no others to set a threshold on.
+    assert left_out_thresholds(detector, {"stain": calibration["stain"]}, 0.95) == {}
+
+
+# Builds a detector on features made without a matmul (NumPy's own matmul would already
 # differ between BLAS kernels) and prints the hash of what it stores and scores.
-FIT = """
+BUILD = """
 import hashlib
 import numpy as np
-from medimg.evaluation.ood import ARRAYS, fit_detector
+from medimg.evaluation.ood import build_detector
+from medimg.params import OodParams
 rng = np.random.default_rng(0)
-features = rng.normal(size=(300, 96)) * np.linspace(0.1, 3.0, 96)
-detector = fit_detector(features, features[:100] * 2 + 3, features[100:150], 1.0, 0.0)
-parts = [*(getattr(detector, name) for name in ARRAYS), detector.score(features)]
-print(hashlib.md5(b"".join(part.tobytes() for part in parts)).hexdigest())
+features = np.abs(rng.normal(size=(300, 96))) * np.linspace(0.1, 3.0, 96)
+settings = OodParams(k_candidates=[3], accept_share=0.95, familiar_share=0.9, domain="x",
+                     reference_size=200, jitter_copies=1, outlier_images=2, batch_size=8)
+detector = build_detector(features, features[:50], {"a": features[50:90] * 1.5}, 3, settings,
+                          0)
+parts = [detector.reference, detector.validation_scores, detector.score(features)]
+print(detector.threshold, detector.familiar,
+      hashlib.md5(b"".join(part.tobytes() for part in parts)).hexdigest())
 """
 
 
@@ -135,12 +191,12 @@ print(hashlib.md5(b"".join(part.tobytes() for part in parts)).hexdigest())
 def test_the_detector_does_not_depend_on_which_blas_kernels_numpy_picked() -> None:
     # NumPy's OpenBLAS chooses its kernels by CPU when it loads, too early for
     # reproducible_cpu to pin; the detector's linear algebra runs in torch (MKL, pinned).
-    def fitted(core: str) -> str:
+    def built(core: str) -> str:
         env = {**os.environ, "OPENBLAS_CORETYPE": core}
-        return subprocess.run([sys.executable, "-c", FIT], cwd=REPO / "stages", env=env,
+        return subprocess.run([sys.executable, "-c", BUILD], cwd=REPO / "stages", env=env,
                               capture_output=True, text=True, check=True).stdout.strip()
 
-    assert fitted("Haswell") == fitted("Prescott")
+    assert built("Haswell") == built("Prescott")
 
 
 def test_jittered_copies_change_contrast_or_stain_and_repeat_with_the_seed() -> None:
@@ -159,6 +215,15 @@ def test_jittered_copies_change_contrast_or_stain_and_repeat_with_the_seed() -> 
 
 def test_a_model_folder_without_a_detector_has_none(tmp_path) -> None:
     assert OodDetector.load(tmp_path) is None
+
+
+def test_a_grey_image_is_a_scan_and_a_coloured_one_a_slide() -> None:
+    grey = np.full((8, 8, 3), 90, dtype=np.uint8)
+    assert is_grey(grey)
+    grey[0, 0] = (90, 95, 98)  # within GREY_SPREAD: JPEG noise on a scan
+    assert is_grey(grey)
+    grey[0, 0] = (200, 120, 180)
+    assert not is_grey(grey)
 
 
 def test_features_of_another_width_are_refused(detector: OodDetector) -> None:
@@ -209,10 +274,15 @@ def write_params(folder: Path, **ood_settings: object) -> Path:
 
 
 @pytest.mark.parametrize(("key", "value", "stated"), [
-    ("penalty", 0, "ood.penalty"),
+    ("k_candidates", [0], "ood.k_candidates"),
+    ("k_candidates", [], "ood.k_candidates"),
+    ("accept_share", 1.5, "ood.accept_share"),
+    ("familiar_share", 0, "ood.familiar_share"),
+    ("domain", "", "ood.domain"),
+    ("reference_size", 0, "ood.reference_size"),
     ("jitter_copies", -1, "ood.jitter_copies"),
     ("outlier_images", 1, "ood.outlier_images"),
-    ("penalti", 8, "unknown key 'ood.penalti' (did you mean 'ood.penalty'?)"),
+    ("accept_shares", 0.9, "unknown key 'ood.accept_shares' (did you mean 'ood.accept_share'?)"),
 ])
 def test_bad_ood_params_stop_with_the_key_named(tmp_path, key, value, stated) -> None:
     with pytest.raises(ParamsError, match=stated.replace("(", r"\(").replace(")", r"\)")
@@ -241,8 +311,11 @@ def stage_folder(tiny_model, tmp_path_factory) -> Path:
     prepared.mkdir(parents=True)
     for split, start, count in (("train", 0, 40), ("val", 1000, 20)):
         labels = np.arange(count) % 2
-        np.save(prepared / f"{split}.npy", np.stack(
-            [picture(start + i, bool(label), 32) for i, label in enumerate(labels)]))
+        images = np.stack([picture(start + i, bool(label), 32)
+                           for i, label in enumerate(labels)])
+        # Class 0 as scans (grey), class 1 as slides (colour): both calibration kinds.
+        images[labels == 0] = images[labels == 0].mean(axis=3, keepdims=True).astype(np.uint8)
+        np.save(prepared / f"{split}.npy", images)
         pd.DataFrame({"label": labels}).to_csv(prepared / f"{split}.csv", index=False)
     write_params(folder, outlier_images=60, jitter_copies=1)
     return folder
@@ -254,19 +327,26 @@ def test_the_stage_stores_a_detector_beside_the_model(stage_folder, monkeypatch)
     detector = OodDetector.load(Path("models"))
     report = yaml.safe_load(Path("metrics/report/ood.json").read_text())
     params = load_params()
-    assert report["threshold"] == detector.threshold == params.ood.threshold
-    assert report["fitted_on"] == {"inside": 40 + 40 + 101, "outside": 60, "val": 20}
+    assert report["threshold"] == detector.threshold
+    # The k whose threshold flags the most outlier exposure, ties to the smaller.
+    flagged = {int(k): share for k, share in report["outliers_flagged_by_k"].items()}
+    assert sorted(flagged) == sorted(params.ood.k_candidates)
+    assert report["k"] == detector.k == max(flagged, key=lambda k: (flagged[k], -k))
+    # The reference: the training split and one jittered copy of each image.
+    assert report["reference_rows"] == detector.reference.shape[0] == 40 + 40
     classifier = load_classifier(Path("models"))
     val = classifier.predict_with_features(np.load("data/prepared/val.npy"), 8)[1]
-    assert report["val_accepted"] == detector.accepts(val).mean()
-    # Each packaged source, left out of the fit once: the extra MRI files and the outliers.
-    left_out = report["leave_one_source_out"]
-    assert left_out["nibabel/tests/data/anatomical.nii"]["side"] == "inside"
-    assert left_out["nibabel/tests/data/anatomical.nii"]["n"] == 99
-    assert left_out["sklearn/datasets/images/china.jpg"]["side"] == "outside"
-    assert "training split" not in left_out
-    assert all(0 <= row["accepted_low"] <= row["accepted"] <= row["accepted_high"] <= 1
-               for row in left_out.values())
+    assert report["val_accepted"] == round(float(detector.accepts(val).mean()), 4)
+    # The calibration sources: the packaged MRI (the training split holds scans) and the
+    # validation split's jittered copies, each accepted on average as asked.
+    accepted = report["calibration_accepted"]
+    assert set(accepted) == {EXTERNAL_MRI, OTHER_CONTRASTS, OTHER_STAINS}
+    assert np.mean(list(accepted.values())) >= params.ood.accept_share
+    assert set(report["left_out_calibration"]) == set(accepted)
+    flagged = report["outlier_exposure_flagged"]
+    assert sum(row["n"] for row in flagged.values()) == 60
+    assert all(0 <= row["flagged_low"] <= row["flagged"] <= row["flagged_high"] <= 1
+               for row in flagged.values())
 
     result = evaluate.out_of_distribution(classifier, detector, val, 16)
     assert {name: figures["n"] for name, figures in result["sets"].items()} == {

@@ -1,9 +1,10 @@
 """The page for people (issue #17) in a real browser: Debian's chromium, driven by Playwright,
 talks to the real server (`medimg serve`) serving a tiny red-or-grey model with an
-out-of-distribution detector fitted on its pictures."""
+out-of-distribution detector built on its pictures."""
 
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from unittest.mock import ANY
 
@@ -14,8 +15,9 @@ from skimage import data
 
 from conftest import CHROMIUM, TINY_CLASSES, Pictures, picture, png, serve_py
 from medimg.data.prepared import resize_square
-from medimg.evaluation.ood import fit_detector
+from medimg.evaluation.ood import build_detector
 from medimg.inference import load_classifier
+from medimg.params import OodParams
 
 # Offline and quiet: no sandbox (CI runs as root), no GPU, no calls home.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -25,16 +27,28 @@ MAX_FILES = 5
 
 @pytest.fixture(scope="module")
 def model_dir(tiny_model, tmp_path_factory) -> Path:
-    """The tiny model with a detector fitted as the ood stage fits one: its pictures in,
-    noise as the outlier exposure, flagging above even odds."""
+    """The tiny model with a detector built as the ood stage builds one (its pictures as the
+    reference), its boundaries then moved between the uploads' distances, so that the page
+    shows all three verdicts: the red and grey pictures familiar, the pinkish one
+    unfamiliar, the photo outside."""
     folder = Path(shutil.copytree(tiny_model, tmp_path_factory.mktemp("page") / "model"))
     classifier = load_classifier(folder)
     pictures = Pictures(32)
     val = np.stack([picture(100 + index, bool(index % 2), 32) for index in range(16)])
-    noise = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
-    train, val, noise = (classifier.predict_with_features(images, 64)[1]
-                         for images in (pictures.images.numpy(), val, noise))
-    fit_detector(train, noise, val, penalty=1.0, threshold=0.0).save(folder)
+    uploads = np.stack([resize_square(image, classifier.config.image_size,
+                                      classifier.config.resize)
+                        for image in (picture(7, True), tinted(9, 90), picture(8, False),
+                                      PHOTO)])
+    train, val, uploads = (classifier.predict_with_features(images, 64)[1]
+                           for images in (pictures.images.numpy(), val, uploads))
+    settings = OodParams(k_candidates=[1], accept_share=1.0, familiar_share=1.0,
+                         domain="a red or grey picture", reference_size=4096, jitter_copies=0,
+                         outlier_images=2, batch_size=64)
+    detector = build_detector(train, val, {"val": val}, 1, settings, seed=0)
+    red, pinkish, grey, photo = detector.score(uploads)
+    assert max(red, grey) < pinkish < photo, "the tiny model no longer ranks the uploads"
+    replace(detector, familiar=float(max(red, grey)) + 1e-6,
+            threshold=float(pinkish + photo) / 2).save(folder)
     return folder
 
 
@@ -111,6 +125,22 @@ def unusual(share: float) -> str:
     return f"only {share:.1%} of its validation images look less like them"
 
 
+def verdict_text(entry: dict, trained: str) -> str:
+    """What the page says of an image, by the detector's verdict."""
+    if entry["ood_verdict"] == "familiar":
+        return f"Looks like {trained}."
+    rank = unusual(entry["validation_scoring_higher"])
+    if entry["ood_verdict"] == "unfamiliar":
+        return f"Unlike {trained} ({rank}): check the image before trusting the prediction."
+    return f"Not a red or grey picture at all ({rank}): its prediction means nothing."
+
+
+def bar_opacity(card: Locator) -> float:
+    """How opaque the card's probability bars are drawn (1: not greyed out)."""
+    return float(card.get_by_test_id("probability").first.evaluate(
+        "bar => getComputedStyle(bar).opacity"))
+
+
 def assert_card_shows(card: Locator, entry: dict) -> None:
     expect(card.get_by_test_id("file-name")).to_have_text(entry["file"])
     expect(card.get_by_test_id("predicted")).to_have_text(entry["predicted"])
@@ -137,14 +167,20 @@ def test_each_picture_shows_its_class_and_bars_and_a_broken_file_its_error(page:
     expect(broken_card.get_by_test_id("file-error")).to_have_text(broken["error"])
     expect(broken_card.get_by_test_id("probability")).to_have_count(0)
     expect(broken_card.get_by_test_id("thumb")).to_have_text("no preview")
-    # The warning is on exactly the cards the detector flagged: the photo, not the pictures.
-    flagged = [entry["in_distribution"] is False for entry in pictures]
-    assert flagged[0] is False and flagged[2] is False and flagged[3] is True
-    for index, is_flagged in enumerate(flagged):
-        expect(cards.nth(index).get_by_test_id("ood-warning")).to_have_count(int(is_flagged))
-    expect(cards.nth(3).get_by_test_id("ood-warning")).to_have_text(
-        "This image is unlike the grey and red images this model was trained on: "
-        f"{unusual(pictures[3]['validation_scoring_higher'])}. Its prediction may mean nothing.")
+    # Every classified card says what the detector made of it, in words; the photo is
+    # flagged, and only its probabilities are greyed out.
+    verdicts = [entry["ood_verdict"] for entry in pictures]
+    assert verdicts == ["familiar", "unfamiliar", "familiar", "outside"]
+    assert [entry["in_distribution"] for entry in pictures] == [True, True, True, False]
+    trained = "the grey and red images this model was trained on"
+    for index, entry in enumerate(pictures):
+        verdict = cards.nth(index).get_by_test_id("ood-verdict")
+        expect(verdict).to_have_attribute("data-verdict", entry["ood_verdict"])
+        expect(verdict).to_have_text(verdict_text(entry, trained))
+        assert (bar_opacity(cards.nth(index)) < 1.0) == (entry["ood_verdict"] == "outside")
+    expect(cards.nth(3).get_by_test_id("ood-verdict")).to_have_text(
+        f"Not a red or grey picture at all ({unusual(pictures[3]['validation_scoring_higher'])}): "
+        "its prediction means nothing.")
     expect(page.get_by_test_id("heading")).to_have_text("grey or red?")
     expect(page).to_have_title("grey or red?")
     expect(page.get_by_test_id("model-sha")).to_have_text(answer["model"]["sha256"][:12])

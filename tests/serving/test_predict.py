@@ -39,7 +39,8 @@ def test_folder_with_good_and_broken_files(model_dir, tmp_path) -> None:
     assert status == 0
     table = pd.read_csv(out, keep_default_na=False).set_index("path")
     assert list(table.columns) == ["frame", "predicted", "prob_grey", "prob_red",
-                                   "in_distribution", "ood_score", "validation_scoring_higher",
+                                   "in_distribution", "ood_verdict", "ood_score",
+                                   "validation_scoring_higher",
                                    "error"]
     expected = {"g1.png": "grey", "r1.png": "red", "nested/g2.jpg": "grey",
                 "nested/r2.webp": "red"}

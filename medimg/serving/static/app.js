@@ -17,6 +17,7 @@ let chosenFiles = [];
 let thumbnailUrls = [];
 let latestRequest = 0;
 let classNames = [];
+let oodDomain = "an image of the kind it was trained on";  // the model's, once known
 
 function element(tag, { className, testid, text } = {}) {
   const node = document.createElement(tag);
@@ -43,19 +44,25 @@ function showQuestion(classes) {
   document.title = question;
 }
 
-// What the detector's flag means, in words: the image is unlike the training images, and
-// how unusual it is against the validation images (the share of them that score higher).
-function oodWarning(entry) {
+// The detector's verdict in words (familiar, unfamiliar or outside the training domain),
+// and how unusual the image is against the validation images (the share of them that
+// look less like the training images).
+function oodVerdict(entry) {
   const trained = `the ${classNames.join(" and ")} images this model was trained on`;
+  if (entry.ood_verdict === "familiar") return `Looks like ${trained}.`;
   const share = entry.validation_scoring_higher;
   const rank = share === null ? "" : share === 0
-    ? ": none of its validation images looks less like them"
-    : `: only ${percent(share)} of its validation images look less like them`;
-  return `This image is unlike ${trained}${rank}. Its prediction may mean nothing.`;
+    ? " (none of its validation images looks less like them)"
+    : ` (only ${percent(share)} of its validation images look less like them)`;
+  if (entry.ood_verdict === "unfamiliar") {
+    return `Unlike ${trained}${rank}: check the image before trusting the prediction.`;
+  }
+  return `Not ${oodDomain} at all${rank}: its prediction means nothing.`;
 }
 
 function showModel(model) {
   showQuestion(model.classes);
+  if (model.ood_domain) oodDomain = model.ood_domain;
   const sha = model.sha256 || "";
   modelFooter.replaceChildren(
     "Model ",
@@ -162,9 +169,11 @@ function details(entry, name) {
   for (const [className, probability] of Object.entries(entry.probabilities)) {
     body.append(probabilityBar(className, probability, entry.predicted));
   }
-  if (entry.in_distribution === false) {
-    body.append(element("p", { className: "ood-warning", testid: "ood-warning",
-                                text: oodWarning(entry) }));
+  if (entry.ood_verdict) {
+    const note = element("p", { className: `ood-verdict ${entry.ood_verdict}`,
+                                testid: "ood-verdict", text: oodVerdict(entry) });
+    note.dataset.verdict = entry.ood_verdict;
+    body.append(note);
   }
   return body;
 }
@@ -173,7 +182,9 @@ function resultCard(entry, file) {
   const name = entry.frame === null ? entry.file : `${entry.file} (frame ${entry.frame})`;
   const card = element("li", { className: "result", testid: "result" });
   card.classList.toggle("failed", Boolean(entry.error));
-  card.classList.toggle("unfamiliar", entry.in_distribution === false);
+  card.classList.toggle("unfamiliar", entry.ood_verdict === "unfamiliar");
+  // Flagged: the probabilities are shown greyed out, as the answer to a wrong question.
+  card.classList.toggle("outside", entry.ood_verdict === "outside");
   const pictures = element("div", { className: "pictures" });
   pictures.append(captioned(thumbnail(file, name), "Image"));
   if (entry.gradcam) pictures.append(captioned(gradcamImage(entry, name), "Grad-CAM"));
