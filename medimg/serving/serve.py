@@ -67,6 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def model_call_threads(model_calls: int) -> int:
+    """ONNX Runtime threads per model call: the cores shared among the model calls."""
+    return max(1, len(os.sched_getaffinity(0)) // model_calls)
+
+
 def start_with_one_malloc_arena(argv: list[str]) -> None:
     """Start `medimg serve` again with MALLOC_ARENA_MAX=1 unless it is set. glibc gives each
     thread that allocates (uvicorn's, the decoding and model threads) an arena of its own,
@@ -95,9 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     threadpool_limits(1, user_api="blas")
     # Batches of every size from 1 to --max-batch, and cores shared with decoding and the
     # event loop: ONNX Runtime set up for that (medimg.inference.OnnxBackend).
-    threads = max(1, len(os.sched_getaffinity(0)) // args.model_calls)
-    app = create_app(load_predictor(args.model, args.backend, serving=True, threads=threads),
-                     settings)
+    app = create_app(load_predictor(args.model, args.backend, serving=True,
+                                    threads=model_call_threads(args.model_calls)), settings)
     gc.collect()
     gc.freeze()
     uvicorn.run(app, host=args.host, port=args.port, loop=args.loop, http=args.http,

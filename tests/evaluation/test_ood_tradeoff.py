@@ -126,3 +126,17 @@ def test_the_docs_show_only_held_out_sources(results: dict) -> None:
     assert "external" not in shown.lower() and "validation" not in shown
     for name in results["descriptions"].values():
         assert name in ood_curve_markdown(REPO)
+
+
+def test_the_committed_cost_says_met_only_where_its_own_figures_do() -> None:
+    cost = json.loads((REPO / "benchmarks/results/ood_cost.json").read_text())
+    service = cost["service"]
+    assert cost["met"] == all(drop <= cost["goal_drop"] for drop in service["drop"].values())
+    largest = service["reference"]["largest"]
+    assert largest["rows"] == load_params(REPO / "params.yaml").ood.reference_size
+    assert cost["bytes_met"] == (largest["in_memory_bytes"] <= cost["goal_bytes"])
+    for row in (service, cost["ort_defaults"]):
+        rates = row["images_per_second"]
+        for side in ("default", "largest"):
+            assert row["drop"][side] == pytest.approx(1 - rates[side] / rates["without"],
+                                                      abs=1e-3)
