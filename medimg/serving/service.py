@@ -59,6 +59,15 @@ class Settings(UploadLimits):
 
 
 RETRY_AFTER_S = 1  # what a refused client is told to wait before it tries again
+# Browser security headers on every response. The page loads only its own script and style;
+# its thumbnails are blob: URLs, Grad-CAM overlays and the empty favicon data: URLs.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+                           "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+                    "Referrer-Policy": "no-referrer"}
+# FastAPI's API pages load Swagger UI and ReDoc from a CDN: no policy of 'self' fits them.
+CDN_PAGES = ("/docs", "/redoc")
+NOT_STORED = ("/predict",)  # answers about a patient's images: no cache may keep them
 
 
 class FileResult(BaseModel):
@@ -218,27 +227,39 @@ def create_app(predictor: Predictor, settings: Settings | None = None) -> FastAP
     return app
 
 
+def encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+
+
 class Observer:
     """Plain ASGI middleware (no per-request Request/Response objects around the app):
     each response counted and timed in the metrics, by the route's template, and stamped
-    with the model's identity headers."""
+    with the model's identity headers and the browser security headers."""
 
     def __init__(self, app: ASGIApp, service: Service) -> None:
         self.app, self.metrics = app, service.metrics
-        self.headers = [(name.lower().encode(), value.encode())
-                        for name, value in identity_headers(service.predictor.identity).items()]
+        self.headers = encoded({**identity_headers(service.predictor.identity),
+                                **SECURITY_HEADERS})
+        self.policy = encoded({"Content-Security-Policy": CONTENT_SECURITY_POLICY})
+        self.not_stored = encoded({"Cache-Control": "no-store"})
+
+    def stamps(self, path: str) -> list[tuple[bytes, bytes]]:
+        """The headers a response to PATH gets."""
+        policy = [] if path.startswith(CDN_PAGES) else self.policy
+        return [*self.headers, *policy, *(self.not_stored if path in NOT_STORED else [])]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started, status = time.perf_counter(), 500
+        stamps = self.stamps(scope["path"])
 
         async def stamped(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), *self.headers]
+                message["headers"] = [*message.get("headers", []), *stamps]
             await send(message)
 
         try:

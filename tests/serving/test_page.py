@@ -75,10 +75,17 @@ def page(browser, server) -> Iterator[Page]:
     page = browser.new_page(viewport={"width": 900, "height": 700})
     script_errors: list[Exception] = []
     page.on("pageerror", lambda error: script_errors.append(error))
-    page.goto(server)
+    # The server's Content-Security-Policy must not block anything the page does
+    # (thumbnails from blob: URLs, Grad-CAM overlays from data: URLs).
+    refused: list[str] = []
+    page.on("console", lambda message: refused.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    answer = page.goto(server)
+    assert "default-src 'self'" in answer.headers["content-security-policy"]
     yield page
     page.close()
     assert script_errors == [], "the page's JavaScript failed"
+    assert refused == [], "the page broke its own Content-Security-Policy"
 
 
 def upload(name: str, content: bytes) -> dict:

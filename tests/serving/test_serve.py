@@ -336,6 +336,23 @@ def test_docs_and_the_page_are_served(client) -> None:
     assert client.get("/static/index.html").content == page.content
 
 
+def test_every_response_carries_the_browser_security_headers(client) -> None:
+    answers = {path: client.get(path) for path in ("/", "/static/app.js", "/healthz",
+                                                   "/readyz", "/metrics", "/openapi.json",
+                                                   "/docs", "/no-such-page")}
+    answers["/predict"] = client.post("/predict", files=uploads(("r.png", png(picture(1, True)))))
+    for path, answer in answers.items():
+        assert answer.headers["X-Content-Type-Options"] == "nosniff", path
+        assert answer.headers["X-Frame-Options"] == "DENY", path
+        assert answer.headers["Referrer-Policy"] == "no-referrer", path
+        policy = answer.headers.get("Content-Security-Policy")
+        if path == "/docs":  # Swagger UI comes from a CDN: no 'self' policy fits it
+            assert policy is None
+        else:
+            assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy, path
+        assert ("no-store" in answer.headers.get("Cache-Control", "")) == (path == "/predict")
+
+
 def test_serve_py_answers_over_loopback(model_dir, tmp_path) -> None:
     with serve_py(model_dir, tmp_path / "serve.log", "--backend", "torch",
                   "--max-batch", "4") as served, httpx.Client(base_url=served.url,
