@@ -7,10 +7,9 @@ forward pass) to its k-th nearest neighbour in a reference set: the training spl
 jittered copies of it (`medimg.evaluation.jitter`: other contrasts, bias fields and stains,
 so that a new scanner or stain still has neighbours), drawn down to at most
 `reference_size` rows so that the search costs the same whatever the training set's size.
-Nothing is fitted: the score asks
-how far an image is from the images themselves, not what a classifier learned to tell
-apart, so it holds on photographs no fit has seen (benchmarks/ood_tradeoff.py measured the
-alternatives on held-out sources).
+Nothing is fitted: the score asks how far an image is from the images themselves, not what
+a classifier learned to tell apart, so it holds on photographs no fit has seen
+(benchmarks/ood_tradeoff.py measured the alternatives on held-out sources).
 
 Two boundaries turn a distance into one of three verdicts (`VERDICTS`):
 - familiar, up to the validation split's `familiar_share` quantile: looks like the
@@ -141,11 +140,10 @@ def drawn_rows(rows: int, size: int, seed: int) -> np.ndarray:
 def build_detector(reference: np.ndarray, val: np.ndarray, calibration: dict[str, np.ndarray],
                    k: int, settings: OodParams, seed: int) -> OodDetector:
     """The detector of REFERENCE features (the training split and its jittered copies, at
-    most `settings.reference_size` of them), scoring the distance to the K-th nearest;
-    its threshold accepts `accept_share` of the
-    CALIBRATION sources (named features of in-distribution images the reference does not
-    hold), its familiar boundary `familiar_share` of the validation split (never above the
-    threshold)."""
+    most `settings.reference_size` of them), scoring the distance to the K-th nearest; its
+    threshold accepts `accept_share` of the CALIBRATION sources (named features of
+    in-distribution images the reference does not hold), its familiar boundary
+    `familiar_share` of the validation split (never above the threshold)."""
     accept_share = settings.accept_share
     kept = drawn_rows(len(reference), settings.reference_size, seed)
     unit = unit_rows(reference[kept])
